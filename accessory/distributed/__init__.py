@@ -1,0 +1,1 @@
+"""Process groups, data-parallel wrapping and job-wide error handling."""

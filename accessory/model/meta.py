@@ -1,0 +1,43 @@
+"""The wrapper around the LLaMA: `MetaModel.llma`, so that state-dict keys read `llma.<Meta key>`
+exactly as in LLaMA2-Accessory's checkpoints, and the training loss."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accessory.model import get_llama_type
+from accessory.model.llama import ModelArgs, skip_init
+
+IGNORE_INDEX = -100
+
+
+class MetaModel(nn.Module):
+    def __init__(self, llama_type: str, args: ModelArgs, tokenizer=None, init_method=skip_init):
+        super().__init__()
+        self.llama_type = llama_type
+        self.spec = get_llama_type(llama_type)
+        self.args = args
+        self.tokenizer = tokenizer
+        self.llma = self.spec.build(args, init_method=init_method)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The SUM of next-token cross-entropy over the target tokens (labels != -100), in fp32.
+        The caller divides by the token count of the whole optimizer step, across accumulation
+        and data-parallel ranks, so every token weighs the same."""
+        logits = self.llma(tokens, positions, segment_ids)
+        return token_cross_entropy_sum(logits[:, :-1], labels[:, 1:])
+
+    def is_trainable(self, name: str) -> bool:
+        return self.spec.is_trainable(name.removeprefix("llma."))
+
+    def is_added(self, name: str) -> bool:
+        return self.spec.is_added(name.removeprefix("llma."))
+
+
+def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
