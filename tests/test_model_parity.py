@@ -30,9 +30,7 @@ def hf_case(tiny_dir, tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
     full = {"llma." + k: v for k, v in hf_to_meta(hf.state_dict(), args).items()}
-    model = accessory.api.build_model("llama", [str(tiny_dir / "params.json")],
-                                      accessory.tokenizer.Tokenizer(str(tiny_dir / "tokenizer.model")))
-    dims = accessory.checkpoint.load.split_dims(model)
+    dims = accessory.checkpoint.load.split_dims(accessory.api.build_model("llama", args))
     for name, fmt, mp in (("meta2", "meta_ori", 2), ("cons1", "consolidated", 1)):
         for rank in range(mp):
             save_shard(split_state(full, dims, rank, mp), root / name, rank, mp, fmt)

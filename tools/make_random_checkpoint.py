@@ -15,12 +15,12 @@ import shutil
 
 import torch
 
-from accessory.api import build_model
+from accessory.api import build_model, model_args
 from accessory.checkpoint.load import split_dims
 from accessory.checkpoint.save import save_shard, split_state
 from accessory.distributed import groups
 from accessory.distributed.errors import run_entrypoint
-from accessory.model.config import check_model_parallel, model_args_to_json
+from accessory.model.config import model_args_to_json
 from accessory.tokenizer import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,9 +40,10 @@ def initialize(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
 def make_random_checkpoint(llama_config: list[str], tokenizer_path: str, dst: str, fmt: str = "consolidated",
                            model_parallel_size: int = 1, seed: int = 0, llama_type: str = "llama",
                            dtype: torch.dtype = torch.float32) -> None:
+    tokenizer = Tokenizer(tokenizer_path)
+    args = model_args(llama_type, llama_config, tokenizer, model_parallel_size)
     groups.init_model_parallel(1)  # the full model in this one process, split below
-    model = build_model(llama_type, llama_config, Tokenizer(tokenizer_path))
-    check_model_parallel(model.args, model_parallel_size)
+    model = build_model(llama_type, args, tokenizer)
     initialize(model, seed)
     full = {name: p.detach().to(dtype) for name, p in model.named_parameters()}
     dims = split_dims(model)
