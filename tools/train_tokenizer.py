@@ -1,4 +1,4 @@
-"""Train a small SentencePiece tokenizer (BPE with byte fallback, Llama's settings) from text files.
+"""Train a small SentencePiece tokenizer (BPE with byte fallback and no normalization: Llama's settings) from text files.
 
     python tools/train_tokenizer.py --input corpus.txt [more.txt ...] --vocab_size 512 --output out/tokenizer.model
 """
@@ -25,6 +25,7 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str) -> None:
             spm.SentencePieceTrainer.train(
                 input=",".join(inputs), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
                 byte_fallback=True, character_coverage=1.0, split_digits=True, add_dummy_prefix=True,
+                normalization_rule_name="identity", remove_extra_whitespaces=False,
                 bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2, num_threads=1)
         except RuntimeError as e:
             raise AccessoryError(f"SentencePiece could not train a {vocab_size}-token vocabulary: {e}") from None

@@ -1,0 +1,114 @@
+"""Finetune a LLaMA-family model: `torchrun --nproc_per_node=N -m accessory.main_finetune ...`.
+
+Thin wiring of the modules: process groups, data, model + checkpoints, data parallelism,
+optimizer, resume, then the training loop. Flags: `--help` (accessory/train/args.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+if __package__ in (None, ""):  # run as a file path: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from accessory.api import build_model, model_args
+from accessory.checkpoint.load import load_pretrained
+from accessory.checkpoint.train_state import load_resume_state, resolve_resume
+from accessory.data import DataArgs, build_finetune_data
+from accessory.distributed import groups
+from accessory.distributed.errors import run_entrypoint
+from accessory.distributed.parallel import wrap_data_parallel
+from accessory.errors import AccessoryError
+from accessory.tokenizer import Tokenizer
+from accessory.train.args import get_args_parser
+from accessory.train.loop import Trainer
+from accessory.train.metrics import MetricsLogger
+from accessory.train.optim import build_optimizer
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """User errors that need no model or data, found before anything is built."""
+    required = {"--llama_config": args.llama_config, "--tokenizer_path": args.tokenizer_path,
+                "--data_config": args.data_config}
+    for flag, value in required.items():
+        if not value:
+            raise AccessoryError(f"{flag} is required")
+    for flag, value in (("--batch_size", args.batch_size), ("--accum_iter", args.accum_iter),
+                        ("--epochs", args.epochs), ("--save_interval", args.save_interval)):
+        if value < 1:
+            raise AccessoryError(f"{flag} must be at least 1, not {value}")
+    for path in args.pretrained_path or []:
+        if not os.path.isdir(path):
+            raise AccessoryError(f"--pretrained_path {path} does not exist")
+
+
+def build(args: argparse.Namespace):
+    tokenizer = Tokenizer(args.tokenizer_path)
+    margs = model_args(args.llama_type, args.llama_config, tokenizer, args.model_parallel_size)
+    groups.init_model_parallel(args.model_parallel_size)
+    torch.manual_seed(args.seed)
+    log = print if groups.is_main_process() else (lambda message: None)
+    data = build_finetune_data(DataArgs(
+        data_config=args.data_config, max_words=args.max_words, dialog=args.dialog, packing=args.packing,
+        skip_bad_samples=args.skip_bad_samples, val_ratio=args.val_ratio, cache_dir=args.cache_dir, seed=args.seed),
+        tokenizer, local_rank=int(os.environ.get("LOCAL_RANK", "0")), log=log)
+    model = build_model(args.llama_type, margs, tokenizer)
+    resume = resolve_resume(args.resume, args.output_dir)
+    paths = (args.pretrained_path or []) + ([resume] if resume else [])
+    if not paths:
+        raise AccessoryError("--pretrained_path is required (or --resume a checkpoint)")
+    load_pretrained(model, paths, groups.mp_rank(), groups.mp_world(), args.pretrained_type,
+                    may_be_fresh=model.is_added, log=log)
+    prepare_parameters(model, COMPUTE_DTYPES[args.precision])
+    model.llma.gradient_checkpointing = args.checkpointing
+    model = wrap_data_parallel(model.to(groups.device()), args.data_parallel)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scaler = make_grad_scaler(args.precision, args.data_parallel)
+    loader = data.train_loader(args.batch_size, args.accum_iter, groups.dp_rank(), groups.dp_world(),
+                               args.num_workers, args.pin_mem and torch.cuda.is_available())
+    val_loader = (data.val_loader(args.batch_size, groups.dp_rank(), groups.dp_world())
+                  if data.val is not None else None)
+    trainer = Trainer(args, model, optimizer, scaler, loader, val_loader,
+                      MetricsLogger(args.output_dir, groups.is_main_process()))
+    if resume:
+        state = load_resume_state(resume, optimizer, scaler)
+        trainer.restore_position(state)
+        loader.load_state_dict(state["loader"])  # also checks that data, seed and batch layout are unchanged
+        log(f"resumed from {resume}: epoch {state['epoch']}, step {state['global_step']}")
+    return trainer
+
+
+def prepare_parameters(model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+    """Trainable parameters in fp32 (the optimizer's master weights), frozen ones in the compute dtype."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(model.is_trainable(name))
+        param.data = param.data.float() if param.requires_grad else param.data.to(compute_dtype)
+
+
+def make_grad_scaler(precision: str, data_parallel: str):
+    if precision != "fp16":
+        return None
+    if data_parallel == "ddp":
+        return torch.amp.GradScaler(groups.device().type)
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    return ShardedGradScaler(groups.device().type)
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    check_args(args)
+    if args.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    trainer = build(args)
+    trainer.fit()
+    trainer.metrics.close()
+
+
+if __name__ == "__main__":
+    run_entrypoint(main)

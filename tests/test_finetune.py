@@ -1,0 +1,102 @@
+"""The finetuning entrypoint in real multi-process torchrun/gloo jobs on CPU with a tiny model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import accessory
+from conftest import TINY_VOCAB, make_checkpoint
+from helpers import run_python, torchrun
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base(tiny_dir, tmp_path_factory) -> Path:
+    return make_checkpoint(tiny_dir, tmp_path_factory.mktemp("finetune") / "base", "meta_ori", 1)
+
+
+def finetune_args(tiny_dir, base, data, output_dir, *extra, pretrained_type="meta_ori") -> list:
+    return ["-m", "accessory.main_finetune", "--output_dir", output_dir, "--llama_config", tiny_dir / "params.json",
+            "--tokenizer_path", tiny_dir / "tokenizer.model", "--pretrained_path", base, "--pretrained_type",
+            pretrained_type, "--data_config", data, "--max_words", 64, "--batch_size", 4, "--lr", 1e-3, "--epochs", 1,
+            "--warmup_epochs", 0.0, "--precision", "fp32", "--num_workers", 0, "--cache_dir", Path(output_dir) / "cache",
+            *extra]
+
+
+def finetune(nproc: int, *args, **kwargs):
+    return torchrun(nproc, args, **kwargs) if nproc > 1 else run_python(args, **kwargs)
+
+
+def metrics(output_dir: Path) -> list:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(checkpoint: Path) -> dict:
+    return torch.load(next(checkpoint.glob("consolidated.00-of-*.model.pth")), weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("nproc,mp,mode", [(2, 1, "fsdp"), (2, 2, "sdp"), (4, 2, "fsdp")])
+def test_trains_with_falling_loss(tiny_dir, base, tiny_data, tmp_path, nproc, mp, mode):
+    out = tmp_path / "out"
+    finetune(nproc, *finetune_args(tiny_dir, base, tiny_data, out, "--model_parallel_size", mp,
+                                   "--data_parallel", mode, "--max_steps", 8, "--batch_size", 2, "--clip_grad", 1.0))
+    losses = [m["loss"] for m in metrics(out)]
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.9, losses
+    for field in ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "time"):
+        assert field in metrics(out)[0]
+    assert [m["step"] for m in metrics(out)] == list(range(1, 9))
+
+
+def test_fsdp_two_ranks_matches_one_process(tiny_dir, base, tiny_data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    finetune(1, *finetune_args(tiny_dir, base, tiny_data, one, "--max_steps", 4, "--batch_size", 2, "--accum_iter", 2))
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, two, "--max_steps", 4, "--batch_size", 2,
+                               "--data_parallel", "fsdp"))
+    for a, b in zip(metrics(one), metrics(two)):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
+
+
+def test_resume_continues_exactly(tiny_dir, base, tiny_data, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    common = ("--batch_size", 2, "--data_parallel", "fsdp", "--epochs", 2, "--warmup_epochs", 0.5)
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, full, *common))
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, split, *common, "--max_steps", 5))
+    assert (split / "latest").read_text().strip() == "epoch0-iter5"
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, split, *common, "--resume", "auto"))
+    a, b = weights(full / "epoch1"), weights(split / "epoch1")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert [m["step"] for m in metrics(split)] == [m["step"] for m in metrics(full)]
+
+
+def test_mp2_checkpoint_reloads_at_mp1(tiny_dir, base, tiny_data, tmp_path):
+    out = tmp_path / "mp2"
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, out, "--model_parallel_size", 2, "--max_steps", 2))
+    ckpt = out / "epoch0-iter2"
+    assert sorted(p.name for p in ckpt.glob("*.model.pth")) == ["consolidated.00-of-02.model.pth",
+                                                                  "consolidated.01-of-02.model.pth"]
+    tokens = torch.randint(0, TINY_VOCAB, (2, 17), generator=torch.Generator().manual_seed(3))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    torchrun(2, ["tests/scripts/dump_logits.py", tmp_path / "mp2_logits.pt", tmp_path / "tokens.pt", ckpt])
+    at_mp2 = torch.load(tmp_path / "mp2_logits.pt", weights_only=True)[str(ckpt)]
+    with torch.no_grad():
+        at_mp1 = accessory.load(str(ckpt)).llma(tokens)
+    torch.testing.assert_close(at_mp1, at_mp2, rtol=0, atol=1e-5)
+    # and as the starting point of a new run, at another MP size
+    finetune(1, *finetune_args(tiny_dir, ckpt, tiny_data, tmp_path / "next", "--max_steps", 1,
+                               pretrained_type="consolidated"))
+    assert len(metrics(tmp_path / "next")) == 1
+
+
+def test_error_on_one_rank_ends_the_job(tiny_dir, base, tiny_data, tmp_path):
+    import time
+    start = time.time()
+    result = torchrun(2, ["tests/scripts/fail_on_rank1.py", *finetune_args(tiny_dir, base, tiny_data, tmp_path / "o")[2:],
+                          "--max_steps", 50], check=False, timeout=120)
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stderr
+    assert time.time() - start < 60
