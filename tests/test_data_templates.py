@@ -4,10 +4,12 @@ import json
 
 import pytest
 
+from accessory.data import IGNORE_INDEX, DataArgs, build_finetune_data
 from accessory.data.encode import encode_parts
 from accessory.data.records import RawRecord, parse_conversation
 from accessory.data.templates import (ACCESSORY_SYSTEM, DIALOG_TEMPLATES, LLAMA2_SYSTEM, VICUNA_SYSTEM, Part,
                                       render_record, render_text)
+from accessory.errors import AccessoryError
 from accessory.tokenizer import Tokenizer
 
 
@@ -64,7 +66,8 @@ SMALL_DIALOG = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gp
 
 
 @pytest.mark.parametrize("template, text", [
-    ("accessory", f"{ACCESSORY_SYSTEM}\n\n### Human: Hi\n### Assistant: Hello!\n### Human: 2+2?\n### Assistant: 4\n###"),
+    ("accessory",
+     f"{ACCESSORY_SYSTEM}\n\n### Human: Hi\n### Assistant: Hello!\n### Human: 2+2?\n### Assistant: 4\n###"),
     ("vicuna_v1.1", f"{VICUNA_SYSTEM} USER: Hi ASSISTANT: Hello! USER: 2+2? ASSISTANT: 4"),
     ("llama2_chat", f"[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\nHi [/INST] Hello!  [INST] 2+2? [/INST] 4 "),
 ])
@@ -107,3 +110,21 @@ def test_accessory_dialog_tokens_equal_those_of_its_whole_text(shared_data, toke
         parts = DIALOG_TEMPLATES["accessory"](parse_conversation(RawRecord("test", record)))
         ids, _ = encode_parts(parts, tokenizer)
         assert ids == tokenizer.encode(render_text(parts), bos=True, eos=False)
+
+
+def test_real_alpaca_through_build_finetune_data(shared_data, tokenizer, tmp_path):
+    data_config = tmp_path / "alpaca.yaml"
+    data_config.write_text(f"META:\n  - path: {shared_data / 'alpaca_5000.json'}\n    type: text\n")
+    args = DataArgs(str(data_config), max_words=1024, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(AccessoryError, match=r"alpaca_5000.json record 2335: field 'output' is empty"):
+        build_finetune_data(args, tokenizer, log=lambda _: None)
+
+    args.skip_bad_samples = True
+    data = build_finetune_data(args, tokenizer, log=lambda _: None)
+    outputs = [r["output"] for r in json.loads((shared_data / "alpaca_5000.json").read_text()) if r["output"]]
+    answers = []
+    for item in data.train:
+        trained = item["labels"][item["labels"] != IGNORE_INDEX].tolist()
+        assert trained[-1] == tokenizer.eos_id
+        answers.append(tokenizer.decode(trained[:-1]))
+    assert sorted(answers) == sorted(outputs)
