@@ -40,7 +40,8 @@ def test_pack_samples_restarts_positions_and_numbers_segments():
 
 def test_collate_pads_to_the_longest_sample():
     batch = collate([sample([1, 5, 6, 2], 1), sample([0, 2], 1)])
-    assert set(batch) == {"tokens", "labels"}
+    assert set(batch) == {"tokens", "labels", "lengths"}
+    assert batch["lengths"].tolist() == [4, 2]
     assert batch["tokens"].tolist() == [[1, 5, 6, 2], [0, 2, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 5, 6, 2], [-100, 2, -100, -100]]  # token 0 is real; its padding is not
     assert batch["tokens"].dtype == batch["labels"].dtype == torch.long
@@ -50,7 +51,8 @@ def test_packed_and_unpacked_batches_of_the_same_samples():
     samples = [sample([1, 5, 6, 2], 1), sample([1, 7, 8, 9, 2], 3), sample([1, 4, 2], 1)]
     unpacked = collate(samples)
     packed = collate([pack_samples(samples[:2]), pack_samples(samples[2:])])
-    assert set(packed) == {"tokens", "labels", "positions", "segment_ids"} and packed["tokens"].shape == (2, 9)
+    assert set(packed) == {"tokens", "labels", "positions", "segment_ids", "lengths"}
+    assert packed["tokens"].shape == (2, 9) and packed["lengths"].tolist() == [9, 3]
     assert packed["segment_ids"].tolist() == [[1] * 4 + [2] * 5, [1] * 3 + [0] * 6]
     for row, segment, k in [(0, 1, 0), (0, 2, 1), (1, 1, 2)]:
         in_segment = packed["segment_ids"][row] == segment

@@ -1,7 +1,8 @@
 """Datasets over a TokenStore, and the batch layout the model gets.
 
 A batch is a dict of LongTensors [B, T]: `tokens` (padded with 0) and `labels` (the token where trained,
-else IGNORE_INDEX, padding included; the model shifts, so logits at t predict labels[t + 1]). Packed
+else IGNORE_INDEX, padding included; the model shifts, so logits at t predict labels[t + 1]), and
+`lengths` [B], the real (non-padding) tokens of each row. Packed
 batches add `positions` (restarting at 0 in each sample) and `segment_ids` (1, 2, ... for the samples
 of a row, 0 for padding): attention stays causal within equal segment ids, so a packed batch's loss
 equals that of the same samples unpacked.
@@ -59,8 +60,8 @@ def pack_samples(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.
 
 
 def collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sample (packed or not). No samples give [0, 0] tensors: a rank's empty
-    validation batch."""
+    """Pad to the longest sample (packed or not), with `lengths` [B] the real tokens of each row.
+    No samples give [0, 0] tensors: a rank's empty validation batch."""
     width = max((len(sample["tokens"]) for sample in samples), default=0)
     keys = samples[0].keys() if samples else ("tokens", "labels")
     batch = {}
@@ -69,4 +70,5 @@ def collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
         for row, sample in enumerate(samples):
             padded[row, :len(sample[key])] = sample[key]
         batch[key] = padded
+    batch["lengths"] = torch.tensor([len(sample["tokens"]) for sample in samples], dtype=torch.long)
     return batch

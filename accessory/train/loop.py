@@ -153,7 +153,7 @@ def _targets(batch: Dict[str, torch.Tensor]) -> int:
 
 def _real_tokens(batch: Dict[str, torch.Tensor]) -> int:
     """Non-padding tokens."""
-    return int(batch["lengths"].sum()) if "lengths" in batch else batch["tokens"].numel()
+    return int(batch["lengths"].sum())
 
 
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
