@@ -15,13 +15,16 @@ if __package__ in (None, ""):  # run as a file path: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from accessory.api import build_model, model_args
+from accessory.checkpoint.formats import check_pretrained_type, find_checkpoint
 from accessory.checkpoint.load import load_pretrained
 from accessory.checkpoint.train_state import load_resume_state, resolve_resume
 from accessory.data import DataArgs, build_finetune_data
+from accessory.data.config import load_data_config
 from accessory.distributed import groups
 from accessory.distributed.errors import run_entrypoint
 from accessory.distributed.parallel import wrap_data_parallel
 from accessory.errors import AccessoryError
+from accessory.model.peft import check_quant_support, quantize_base
 from accessory.tokenizer import Tokenizer
 from accessory.train.args import get_args_parser
 from accessory.train.loop import Trainer
@@ -45,6 +48,22 @@ def check_args(args: argparse.Namespace) -> None:
     for path in args.pretrained_path or []:
         if not os.path.isdir(path):
             raise AccessoryError(f"--pretrained_path {path} does not exist")
+    if args.quant:
+        check_quant_support()
+        if not args.only_save_trainable:
+            raise AccessoryError("--quant needs --only_save_trainable: the NF4 base is not saved, only what trains on it")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """`--check_only`: every input a launch script passes, checked in one process in seconds —
+    flags, tokenizer, configs against the MP size, checkpoint files, the data YAML and its paths."""
+    check_args(args)
+    tokenizer = Tokenizer(args.tokenizer_path)
+    model_args(args.llama_type, args.llama_config, tokenizer, args.model_parallel_size)
+    found = [find_checkpoint(path) for path in args.pretrained_path or []]
+    if found:
+        check_pretrained_type(found[0], args.pretrained_type)
+    load_data_config(args.data_config, log=lambda message: None)
 
 
 def build(args: argparse.Namespace):
@@ -65,6 +84,8 @@ def build(args: argparse.Namespace):
     load_pretrained(model, paths, groups.mp_rank(), groups.mp_world(), args.pretrained_type,
                     may_be_fresh=model.is_added, log=log)
     prepare_parameters(model, COMPUTE_DTYPES[args.precision])
+    if args.quant:
+        quantize_base(model, COMPUTE_DTYPES[args.precision], groups.device())
     model.llma.gradient_checkpointing = args.checkpointing
     model = wrap_data_parallel(model.to(groups.device()), args.data_parallel)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
@@ -101,6 +122,9 @@ def make_grad_scaler(precision: str, data_parallel: str):
 
 def main() -> None:
     args = get_args_parser().parse_args()
+    if args.check_only:
+        preflight(args)
+        return
     check_args(args)
     if args.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -71,6 +71,13 @@ def find_checkpoint(directory: str) -> CheckpointFiles:
         raise AccessoryError(f"checkpoint directory {directory} is incomplete: shards {missing or extra} of "
                              f"{size} missing or unexpected")
     return CheckpointFiles(directory, kind, [shards[i] for i in range(size)])
+
+
+def check_pretrained_type(ckpt: CheckpointFiles, pretrained_type: Optional[str]) -> None:
+    """The --pretrained_type a user gave must match the files found."""
+    if pretrained_type is not None and ckpt.kind != pretrained_type:
+        raise AccessoryError(f"pretrained_type is {pretrained_type} but {ckpt.directory} holds {ckpt.kind} files "
+                             f"({os.path.basename(ckpt.files[0])}...): pass --pretrained_type {ckpt.kind}")
 
 
 def open_shard(path: str) -> Dict[str, torch.Tensor]:

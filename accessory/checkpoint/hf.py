@@ -6,7 +6,7 @@ permutation and `from_hf_rows` its exact inverse.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Iterable
 
 import torch
 
@@ -41,42 +41,58 @@ def from_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _key_map(n_layers: int) -> Dict[str, str]:
+def hf_names(n_layers: int) -> Dict[str, str]:
+    """Meta key -> HF key, for every weight of a Llama with `n_layers` layers."""
     mapping = dict(TOP_KEYS)
     for i in range(n_layers):
         mapping.update({f"layers.{i}.{meta}": f"model.layers.{i}.{hf}" for meta, hf in LAYER_KEYS.items()})
     return mapping
 
 
+def to_hf_tensor(meta_key: str, w: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """One full Meta-named tensor in HF's layout: the rows of wq and wk permuted, others as they are."""
+    if meta_key.endswith("attention.wq.weight"):
+        return to_hf_rows(w, args.n_heads)
+    if meta_key.endswith("attention.wk.weight"):
+        return to_hf_rows(w, args.kv_heads)
+    return w
+
+
+def from_hf_tensor(meta_key: str, w: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """The inverse of `to_hf_tensor`."""
+    if meta_key.endswith("attention.wq.weight"):
+        return from_hf_rows(w, args.n_heads)
+    if meta_key.endswith("attention.wk.weight"):
+        return from_hf_rows(w, args.kv_heads)
+    return w
+
+
+def hf_sources(hf_keys: Iterable[str], args: ModelArgs, source: str = "the HF checkpoint") -> Dict[str, str]:
+    """Meta key -> the key of an HF checkpoint holding it (lm_head falls back to the embedding when tied).
+    A missing Llama weight, or an HF weight that a Llama does not have (biases...), is an error."""
+    keys = set(hf_keys)
+    mapping = hf_names(args.n_layers)
+    if "lm_head.weight" not in keys:  # tied embeddings
+        mapping["output.weight"] = "model.embed_tokens.weight"
+    missing = [k for k in mapping.values() if k not in keys]
+    if missing:
+        raise AccessoryError(f"{source} lacks {len(missing)} Llama weights, e.g. {missing[0]}")
+    unknown = sorted(k for k in keys - set(mapping.values()) if not k.endswith("rotary_emb.inv_freq"))
+    if unknown:
+        raise AccessoryError(f"{source} has {len(unknown)} weights that a Llama does not, e.g. {unknown[0]}: "
+                             "only plain Llama checkpoints (no biases, no extra modules) convert")
+    return mapping
+
+
 def meta_to_hf(state: Dict[str, torch.Tensor], args: ModelArgs) -> Dict[str, torch.Tensor]:
     """Full (unsplit) Meta-named tensors -> HF-named tensors."""
-    hf = {}
-    for meta_key, hf_key in _key_map(args.n_layers).items():
-        w = state[meta_key]
-        if meta_key.endswith("attention.wq.weight"):
-            w = to_hf_rows(w, args.n_heads)
-        elif meta_key.endswith("attention.wk.weight"):
-            w = to_hf_rows(w, args.kv_heads)
-        hf[hf_key] = w.contiguous()
-    return hf
+    return {hf_key: to_hf_tensor(meta_key, state[meta_key], args).contiguous()
+            for meta_key, hf_key in hf_names(args.n_layers).items()}
 
 
 def hf_to_meta(hf: Dict[str, torch.Tensor], args: ModelArgs, source: str = "the HF checkpoint") -> Dict[str, torch.Tensor]:
-    state = {}
-    mapping = _key_map(args.n_layers)
-    if "lm_head.weight" not in hf and "model.embed_tokens.weight" in hf:  # tied embeddings
-        hf = {**hf, "lm_head.weight": hf["model.embed_tokens.weight"]}
-    missing = [k for k in mapping.values() if k not in hf]
-    if missing:
-        raise AccessoryError(f"{source} lacks {len(missing)} Llama weights, e.g. {missing[0]}")
-    for meta_key, hf_key in mapping.items():
-        w = hf[hf_key]
-        if meta_key.endswith("attention.wq.weight"):
-            w = from_hf_rows(w, args.n_heads)
-        elif meta_key.endswith("attention.wk.weight"):
-            w = from_hf_rows(w, args.kv_heads)
-        state[meta_key] = w.contiguous()
-    return state
+    return {meta_key: from_hf_tensor(meta_key, hf[hf_key], args).contiguous()
+            for meta_key, hf_key in hf_sources(hf, args, source).items()}
 
 
 def hf_config(args: ModelArgs, dtype: str = "float32") -> dict:

@@ -16,7 +16,8 @@ from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEm
                                                 VocabParallelEmbedding)
 from torch import nn
 
-from accessory.checkpoint.formats import MODEL_PREFIX, CheckpointFiles, find_checkpoint, open_shard
+from accessory.checkpoint.formats import (MODEL_PREFIX, CheckpointFiles, check_pretrained_type, find_checkpoint,
+                                          open_shard)
 from accessory.errors import AccessoryError
 
 IGNORED_KEYS = {MODEL_PREFIX + "rope.freqs"}  # Meta's precomputed rotary table; we compute it
@@ -52,10 +53,7 @@ def load_pretrained(model: nn.Module, paths: Sequence[str], mp_rank: int, mp_siz
     unless `may_be_fresh` says the model adds it on purpose), later ones overwrite the parameters
     they hold (trainable-only checkpoints) or add to them (`.model-diff.pth` deltas)."""
     checkpoints = [find_checkpoint(path) for path in paths]
-    if pretrained_type is not None and checkpoints[0].kind != pretrained_type:
-        raise AccessoryError(f"pretrained_type is {pretrained_type} but {checkpoints[0].directory} holds "
-                             f"{checkpoints[0].kind} files ({_basename(checkpoints[0].files[0])}...): "
-                             f"pass --pretrained_type {checkpoints[0].kind}")
+    check_pretrained_type(checkpoints[0], pretrained_type)
     params = dict(model.named_parameters())
     dims = split_dims(model)
     for index, ckpt in enumerate(checkpoints):

@@ -29,9 +29,14 @@ def wrap_data_parallel(model: nn.Module, mode: str) -> nn.Module:
         return DistributedDataParallel(model, process_group=groups.dp_group(), device_ids=device_ids)
     mesh = DeviceMesh.from_group(groups.dp_group(), device_type=groups.device().type)
     reshard = mode == "fsdp"
+    # Packed quantized weights (QLoRA's NF4) keep their quantization state outside the tensor, so
+    # they cannot be sharded: every rank keeps them whole. Frozen and trainable parameters of other
+    # dtypes share a unit as they are: FSDP2 all-gathers mixed dtypes, and only the (uniformly
+    # fp32) trainable ones are reduce-scattered.
+    packed = {p for p in model.parameters() if not p.is_floating_point()}
     for block in model.llma.layers:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, ignored_params=packed)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, ignored_params=packed)
     return model
 
 

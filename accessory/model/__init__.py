@@ -7,6 +7,7 @@ from typing import Callable, Dict
 from torch import nn
 
 from accessory.errors import AccessoryError
+from accessory.model import peft
 from accessory.model.llama import ModelArgs, Transformer
 
 
@@ -14,12 +15,13 @@ from accessory.model.llama import ModelArgs, Transformer
 class LlamaType:
     args_class: type  # the dataclass its llama_config files fill
     build: Callable[..., nn.Module]  # (args, init_method) -> the LLaMA
-    is_trainable: Callable[[str], bool]  # by parameter name (without the llma. prefix)
+    is_trainable: Callable[[ModelArgs, str], bool]  # by config and parameter name (without the llma. prefix)
     is_added: Callable[[str], bool]  # parameters the variant adds, absent from base checkpoints
 
 
 LLAMA_TYPES: Dict[str, LlamaType] = {
-    "llama": LlamaType(ModelArgs, Transformer, is_trainable=lambda name: True, is_added=lambda name: False),
+    "llama": LlamaType(ModelArgs, Transformer, is_trainable=lambda args, name: True, is_added=lambda name: False),
+    "llama_peft": LlamaType(peft.PeftArgs, peft.build, peft.is_trainable, peft.is_added),
 }
 
 

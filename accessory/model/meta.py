@@ -32,7 +32,7 @@ class MetaModel(nn.Module):
         return token_cross_entropy_sum(logits[:, :-1], labels[:, 1:])
 
     def is_trainable(self, name: str) -> bool:
-        return self.spec.is_trainable(name.removeprefix("llma."))
+        return self.spec.is_trainable(self.args, name.removeprefix("llma."))
 
     def is_added(self, name: str) -> bool:
         return self.spec.is_added(name.removeprefix("llma."))

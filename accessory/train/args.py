@@ -20,6 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep_last", type=int, default=0, help="keep only the N newest checkpoints (0: all)")
     run.add_argument("--only_save_trainable", action="store_true", help="save only trainable parameters")
     run.add_argument("--log_interval", type=int, default=1, help="update the progress bar every N steps")
+    run.add_argument("--check_only", action="store_true",
+                     help="check every input (paths, configs, MP size, data YAML) and exit: the launch scripts' preflight")
 
     model = p.add_argument_group("model")
     model.add_argument("--llama_type", default="llama", help="llama, llama_peft, ...")
@@ -36,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--data_parallel", choices=["sdp", "fsdp", "ddp"], default="sdp",
                           help="sdp: shard grads+optimizer state; fsdp: shard everything; ddp: shard nothing")
     parallel.add_argument("--precision", choices=["bf16", "fp16", "fp32", "tf32"], default="bf16")
+    parallel.add_argument("--quant", action="store_true",
+                          help="QLoRA: NF4 base weights via bitsandbytes (CUDA, llama_peft, --only_save_trainable)")
 
     optim = p.add_argument_group("optimization")
     optim.add_argument("--batch_size", type=int, default=4, help="samples per micro-batch per data-parallel rank")
