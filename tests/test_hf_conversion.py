@@ -218,3 +218,27 @@ def test_user_error_is_one_line(tool, flags, tiny_dir, tmp_path):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path) in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_lora_is_merged_into_the_hf_weights(tiny_dir, tmp_path):
+    """A llama_peft checkpoint with trained (non-zero) LoRA factors converts with LoRA folded in."""
+    base = to_accessory(save_hf(random_hf_model(tiny_dir), tmp_path / "hf_base", tiny_dir), tmp_path / "base")
+    peft_config = tmp_path / "lora.json"
+    peft_config.write_text(json.dumps({"lora_rank": 4, "lora_alpha": 8, "bias_tuning": False, "norm_tuning": True}))
+    model = accessory.load([str(base)], [str(base / "params.json"), str(peft_config)], llama_type="llama_peft")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_b" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    trainable = {name: p.detach() for name, p in model.named_parameters() if model.is_trainable(name)}
+    save_shard(trainable, tmp_path / "delta", 0, 1, "consolidated")
+    (tmp_path / "delta" / "meta.json").write_text(json.dumps({"llama_type": "llama_peft"}))
+    tokens = torch.randint(0, TINY_VOCAB, (2, 19), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model.llma(tokens)
+    run_python(["tools/convert_weights_to_hf.py", "--src_weights_path", base, tmp_path / "delta", "--src_config_path",
+                base / "params.json", peft_config, "--tokenizer_path", base / "tokenizer.model",
+                "--dst_weights_path", tmp_path / "hf", "--dtype", "fp32"])
+    _, logits = hf_logits(tmp_path / "hf", tokens)
+    assert max_diff(logits, expected) <= 1e-4

@@ -50,7 +50,7 @@ def main() -> None:
                            device=groups.device())
     generator = torch.Generator(device=groups.device()).manual_seed(args.seed)
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    generator=generator, on_text=_print if groups.is_main_process() else lambda s: None)
+                    generator=generator, on_text=_print)
     if args.chat:
         chat(model, args.template, settings)
     else:
@@ -86,8 +86,10 @@ def _read_line(prompt: str) -> str:
 
 
 def _print(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Output from rank 0 only: every model-parallel rank generates the same text."""
+    if groups.is_main_process():
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

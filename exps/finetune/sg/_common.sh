@@ -38,10 +38,11 @@ finetune() {
   local launch
   if [ "${LAUNCHER:-torchrun}" = srun ]; then
     echo "exp name: ${exp_name}; output: ${output_dir}; srun over ${SLURM_NTASKS:-?} tasks"
-    launch=(srun --kill-on-bad-exit=1 "$PYTHON" -u -m accessory.main_finetune)
+    # ranks come from SLURM's variables; the master is the allocation's first node
+    launch=(env MASTER_PORT="$MASTER_PORT" srun --kill-on-bad-exit=1 "$PYTHON" -u -m accessory.main_finetune)
   else
     echo "exp name: ${exp_name}; output: ${output_dir}; ${NNODES} node(s) x ${NPROC_PER_NODE} process(es)"
-    launch=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK"
+    launch=("$PYTHON" -m accessory.distributed.launch --nnodes="$NNODES" --node_rank="$NODE_RANK"
             --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --nproc_per_node="$NPROC_PER_NODE"
             -m accessory.main_finetune)
   fi

@@ -45,13 +45,13 @@ rm -rf "$pretrained_path" "$output_dir"
 
 step "3/5 the untrained model on held-out prompts"
 "$PYTHON" "$REPO/tools/evaluate.py" --pretrained_path "$pretrained_path" --data "$DEMO/data/heldout.json" \
-  --show 3 --label untrained | tee "$DEMO/untrained.txt"
+  --prompt_type alpaca_short --show 3 --label untrained | tee "$DEMO/untrained.txt"
 
 step "4/5 finetuning (${NPROC_PER_NODE} processes, ${precision})"
-finetune "$output_dir" --epochs 3 --warmup_epochs 0.2 \
+finetune "$output_dir" --epochs 8 --warmup_epochs 0.1 \
   --batch_size 8 --accum_iter 1 --num_workers 1 \
-  --max_words 80 \
-  --lr 0.002 --min_lr 0.0002 --clip_grad 1 --weight_decay 0.0 \
+  --max_words 48 \
+  --lr 0.003 --min_lr 0.0003 --clip_grad 1 --weight_decay 0.0 \
   --data_parallel "$data_parallel" --model_parallel_size "$model_parallel" --precision "$precision" \
   --llama_type llama --llama_config $llama_config --tokenizer_path "$tokenizer_path" \
   --pretrained_path $pretrained_path --pretrained_type="$pretrained_type" \
@@ -61,9 +61,9 @@ finetune "$output_dir" --epochs 3 --warmup_epochs 0.2 \
 step "5/5 the finetuned model on the same held-out prompts"
 finetuned=$output_dir/$(cat "$output_dir/latest")
 "$PYTHON" "$REPO/tools/evaluate.py" --pretrained_path "$finetuned" --data "$DEMO/data/heldout.json" \
-  --show 8 --label finetuned | tee "$DEMO/finetuned.txt"
+  --prompt_type alpaca_short --show 8 --label finetuned | tee "$DEMO/finetuned.txt"
 
 echo
 tail -n 1 "$DEMO/untrained.txt"
 tail -n 1 "$DEMO/finetuned.txt"
-echo "try it: $PYTHON tools/generate.py --pretrained_path $finetuned --prompt 'Reverse the letters.' --input 'd e m o' --temperature 0"
+echo "try it: $PYTHON tools/generate.py --pretrained_path $finetuned --prompt_type alpaca_short --prompt 'Reverse the letters.' --input 'd e m o' --temperature 0"
