@@ -103,6 +103,19 @@ def torchrun(nproc: int, args: Sequence[Any], threads: int, timeout: float = 120
                threads, timeout)
 
 
+def json_lines(output: str) -> List[Any]:
+    """Every line of `output` that parses as a JSON object (each worker rank prints one)."""
+    found = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
 def last_json_line(output: str) -> Any:
     """The last line of `output` that parses as JSON (workers print their result that way)."""
     for line in reversed(output.splitlines()):

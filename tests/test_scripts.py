@@ -91,3 +91,12 @@ def test_slurm_launch_through_srun(base, tiny_dir, dialog_data, tmp_path):
                                           "--cache_dir", tmp_path / "cache"], cwd=tmp_path, env=env)
     assert steps(tmp_path / "output" / "slurm") == [1, 2]
 
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The newcomer's first command, shortened by an extra flag (the full run takes a few minutes)."""
+    result = run_script("demo.sh", ["--max_steps", "20"], cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("untrained: exact match") for line in lines)
+    assert any(line.startswith("finetuned: exact match") for line in lines)
+    assert (REPO / ".demo" / "output" / "epoch0-iter20").is_dir()
