@@ -94,6 +94,9 @@ def build(args: argparse.Namespace):
                                args.num_workers, args.pin_mem and torch.cuda.is_available())
     val_loader = (data.val_loader(args.batch_size, groups.dp_rank(), groups.dp_world())
                   if data.val is not None else None)
+    global_batch = args.batch_size * args.accum_iter * groups.dp_world()
+    log(f"{len(loader) // args.accum_iter} optimizer steps per epoch of {global_batch} samples; {loader.dropped} "
+        f"samples left out of each epoch (a different random few each epoch) to keep global batches whole")
     trainer = Trainer(args, model, optimizer, scaler, loader, val_loader,
                       MetricsLogger(args.output_dir, groups.is_main_process()))
     if resume:

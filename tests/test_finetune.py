@@ -100,3 +100,16 @@ def test_error_on_one_rank_ends_the_job(tiny_dir, base, tiny_data, tmp_path):
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 60
+
+
+def test_packing_and_validation(tiny_dir, base, tiny_data, tmp_path):
+    out = tmp_path / "packed"
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, out, "--packing", "--max_words", 256, "--batch_size", 1,
+                               "--val_ratio", 0.2, "--epochs", 2, "--data_parallel", "fsdp"))
+    records = metrics(out)
+    val = [r for r in records if "val_loss" in r]
+    train = [r for r in records if "loss" in r]
+    assert len(val) == 2 and all(r["val_loss"] > 0 for r in val)
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [json.loads(line)["val_loss"] for line in (out / "log.txt").read_text().splitlines()] == \
+        [r["val_loss"] for r in val]

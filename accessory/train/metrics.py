@@ -1,9 +1,11 @@
-"""Training logs on global rank 0: metrics.jsonl (one object per optimizer step), log.txt (one
-line per epoch), TensorBoard scalars when tensorboard is installed, and a tqdm progress bar."""
+"""Training logs on global rank 0: metrics.jsonl (one object per optimizer step, plus one with
+`val_loss` after each validated epoch), log.txt (one line per epoch), TensorBoard scalars when
+tensorboard is installed, and a tqdm progress bar."""
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Dict, Optional
 
 from tqdm import tqdm
@@ -49,6 +51,10 @@ class MetricsLogger:
         self.bar.close()
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
+        if "val_loss" in record:  # beside the step records, at the step it was measured after
+            self.metrics.write(json.dumps({"step": record["step"], "epoch": record["epoch"] + 1,
+                                           "val_loss": record["val_loss"], "time": time.time()}) + "\n")
+            self.metrics.flush()
         if self.tensorboard is not None and "val_loss" in record:
             self.tensorboard.add_scalar("val/loss", record["val_loss"], record["epoch"])
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
