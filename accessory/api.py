@@ -18,6 +18,8 @@ from accessory.model.llama import ModelArgs, skip_init
 from accessory.model.meta import MetaModel
 from accessory.tokenizer import Tokenizer
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the tools' --dtype choices
+
 
 def load(pretrained_path: Union[str, Sequence[str]], llama_config: Optional[Sequence[str]] = None,
          tokenizer_path: Optional[str] = None, llama_type: Optional[str] = None, model_parallel_size: int = 1,

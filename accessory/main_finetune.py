@@ -14,7 +14,7 @@ import torch
 if __package__ in (None, ""):  # run as a file path: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from accessory.api import build_model, model_args
+from accessory.api import DTYPES, build_model, model_args
 from accessory.checkpoint.formats import check_pretrained_type, find_checkpoint
 from accessory.checkpoint.load import load_pretrained
 from accessory.checkpoint.train_state import load_resume_state, resolve_resume
@@ -31,7 +31,7 @@ from accessory.train.loop import Trainer
 from accessory.train.metrics import MetricsLogger
 from accessory.train.optim import build_optimizer
 
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
+COMPUTE_DTYPES = {**DTYPES, "tf32": torch.float32}
 
 
 def check_args(args: argparse.Namespace) -> None:

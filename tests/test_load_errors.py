@@ -65,7 +65,11 @@ def test_vocabulary_mismatch(good, tiny_dir, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((tiny_dir / "corpus.txt").read_text()[:200000])
     run_python(["tools/train_tokenizer.py", "--input", corpus, "--vocab_size", 480, "--output", tmp_path / "t.model"])
-    _fails(["--pretrained_path", good, "--tokenizer_path", tmp_path / "t.model"], "tokenizer", "(576, 192)", "(480, 192)")
+    # the checkpoint's config.json records its vocabulary: caught before loading
+    _fails(["--pretrained_path", good, "--tokenizer_path", tmp_path / "t.model"], "vocab_size=576", "480 tokens")
+    # a Meta params.json leaves it to the tokenizer (-1): caught at the embedding rows
+    _fails(["--pretrained_path", good, "--tokenizer_path", tmp_path / "t.model", "--llama_config",
+            tiny_dir / "params.json"], "tokenizer", "(576, 192)", "(480, 192)")
 
 
 def test_model_parallel_not_dividing_heads(good, tiny_dir, tiny_data, tmp_path):

@@ -3,7 +3,6 @@ random weights: GQA, rope_theta 500000, fp32, from Meta-original and consolidate
 at MP 1 (in this process) and MP 2 (a real 2-process torchrun/gloo job)."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest

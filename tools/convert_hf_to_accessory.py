@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, Optional
 
 import torch
 
-from accessory.api import build_model
+from accessory.api import DTYPES, build_model
 from accessory.checkpoint.formats import MODEL_PREFIX
 from accessory.checkpoint.hf import from_hf_tensor, hf_sources, params_from_hf_config
 from accessory.checkpoint.load import split_dims
@@ -31,7 +31,6 @@ from accessory.errors import AccessoryError
 from accessory.model.config import check_model_parallel
 from accessory.model.llama import ModelArgs
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from accessory.api import load, read_llama_type
+from accessory.api import DTYPES, load, read_llama_type
 from accessory.checkpoint.formats import MODEL_PREFIX
 from accessory.checkpoint.hf import hf_config, hf_names, meta_to_hf
 from accessory.distributed.errors import run_entrypoint
@@ -31,7 +31,6 @@ from accessory.model.llama import ModelArgs
 from accessory.model.peft import PeftArgs, merge_lora
 from accessory.tokenizer import Tokenizer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_FILE = re.compile(r"^(model|pytorch_model)\b.*\.(safetensors|bin|json)$")
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 import accessory
 from accessory.distributed import groups
+from accessory.api import DTYPES
 from accessory.distributed.errors import run_entrypoint
 from accessory.generation import dialog_prompt, generate, instruction_prompt
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STOP_TEXTS = {"accessory": ["\n###"], "vicuna_v1.1": ["USER:"], "llama2_chat": ["[INST]"]}
 
 

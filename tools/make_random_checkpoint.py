@@ -9,22 +9,15 @@ Beside the shards it writes params.json (the merged config) and copies the token
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 
 import torch
 
-from accessory.api import build_model, model_args
+from accessory.api import DTYPES, build_model, model_args
 from accessory.checkpoint.load import split_dims
-from accessory.checkpoint.save import save_shard, split_state
+from accessory.checkpoint.save import save_shard, split_state, write_model_files
 from accessory.distributed import groups
 from accessory.distributed.errors import run_entrypoint
-from accessory.model.config import model_args_to_json
 from accessory.tokenizer import Tokenizer
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def initialize(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
     """Norm weights 1, everything else N(0, std), drawn in name order from one seeded generator."""
@@ -49,9 +42,7 @@ def make_random_checkpoint(llama_config: list[str], tokenizer_path: str, dst: st
     dims = split_dims(model)
     for rank in range(model_parallel_size):
         save_shard(split_state(full, dims, rank, model_parallel_size), dst, rank, model_parallel_size, fmt)
-    with open(os.path.join(dst, "params.json"), "w") as f:
-        json.dump({k: v for k, v in model_args_to_json(model.args).items() if k != "vocab_size"}, f, indent=2)
-    shutil.copyfile(tokenizer_path, os.path.join(dst, "tokenizer.json" if tokenizer_path.endswith(".json") else "tokenizer.model"))
+    write_model_files(dst, model.args, llama_type, tokenizer_path, config_name="params.json")
 
 
 def main() -> None:

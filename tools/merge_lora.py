@@ -14,21 +14,16 @@ below that of storing the merged weight in bf16.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 
 import torch
 
 import accessory
 from accessory.checkpoint.load import split_dims
-from accessory.checkpoint.save import save_shard, split_state
+from accessory.checkpoint.save import save_shard, split_state, write_model_files
+from accessory.api import DTYPES
 from accessory.distributed.errors import run_entrypoint
-from accessory.model.config import check_model_parallel, model_args_to_json
+from accessory.model.config import check_model_parallel
 from accessory.model.peft import merge_lora
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def merge_lora_checkpoint(pretrained_path: list[str], output_dir: str, llama_config: list[str] | None = None,
                           tokenizer_path: str | None = None, llama_type: str = "llama_peft",
@@ -40,13 +35,7 @@ def merge_lora_checkpoint(pretrained_path: list[str], output_dir: str, llama_con
     for rank in range(model_parallel_size):
         shard = split_state(merged.state, dims, rank, model_parallel_size)
         save_shard(shard, output_dir, rank, model_parallel_size, "consolidated")
-    with open(os.path.join(output_dir, "config.json"), "w") as f:
-        json.dump(model_args_to_json(merged.args), f, indent=2)
-    with open(os.path.join(output_dir, "meta.json"), "w") as f:
-        json.dump({"llama_type": merged.llama_type}, f)
-    tokenizer = model.tokenizer.path
-    shutil.copyfile(tokenizer, os.path.join(output_dir, "tokenizer.json" if tokenizer.endswith(".json")
-                                            else "tokenizer.model"))
+    write_model_files(output_dir, merged.args, merged.llama_type, model.tokenizer.path)
     print(f"wrote a merged {merged.llama_type} checkpoint with {model_parallel_size} shard(s) to {output_dir}")
 
 

@@ -51,19 +51,19 @@ def hf_names(n_layers: int) -> Dict[str, str]:
 
 def to_hf_tensor(meta_key: str, w: torch.Tensor, args: ModelArgs) -> torch.Tensor:
     """One full Meta-named tensor in HF's layout: the rows of wq and wk permuted, others as they are."""
-    if meta_key.endswith("attention.wq.weight"):
-        return to_hf_rows(w, args.n_heads)
-    if meta_key.endswith("attention.wk.weight"):
-        return to_hf_rows(w, args.kv_heads)
-    return w
+    return _permute_qk(meta_key, w, args, to_hf_rows)
 
 
 def from_hf_tensor(meta_key: str, w: torch.Tensor, args: ModelArgs) -> torch.Tensor:
     """The inverse of `to_hf_tensor`."""
+    return _permute_qk(meta_key, w, args, from_hf_rows)
+
+
+def _permute_qk(meta_key: str, w: torch.Tensor, args: ModelArgs, permute) -> torch.Tensor:
     if meta_key.endswith("attention.wq.weight"):
-        return from_hf_rows(w, args.n_heads)
+        return permute(w, args.n_heads)
     if meta_key.endswith("attention.wk.weight"):
-        return from_hf_rows(w, args.kv_heads)
+        return permute(w, args.kv_heads)
     return w
 
 

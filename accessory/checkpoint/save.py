@@ -2,12 +2,16 @@
 half-written file under a name that a load or a resume would pick up."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from typing import Any, Dict, Optional
 
 import torch
 
 from accessory.checkpoint.formats import MODEL_PREFIX, consolidated_name
+from accessory.model.config import model_args_to_json
+from accessory.model.llama import ModelArgs
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -33,3 +37,15 @@ def save_shard(state: Dict[str, torch.Tensor], directory: str, mp_rank: int, mp_
         path = os.path.join(directory, consolidated_name(mp_rank, mp_size, diff=kind == "diff"))
         atomic_save({"model": state}, path)
     return path
+
+
+def write_model_files(directory: str, args: ModelArgs, llama_type: str, tokenizer_path: str,
+                      config_name: str = "config.json") -> None:
+    """The files beside the shards that make a checkpoint directory self-contained: its config,
+    meta.json (the llama_type) and the tokenizer, so it loads as --pretrained_path with no other flag."""
+    with open(os.path.join(directory, config_name), "w") as f:
+        json.dump(model_args_to_json(args), f, indent=2)
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump({"llama_type": llama_type}, f)
+    name = "tokenizer.json" if tokenizer_path.endswith(".json") else "tokenizer.model"
+    shutil.copyfile(tokenizer_path, os.path.join(directory, name))

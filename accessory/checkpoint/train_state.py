@@ -13,7 +13,6 @@ written into a temporary directory and renamed into place once complete, and onl
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,11 +24,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from accessory.checkpoint.save import atomic_save, save_shard
+from accessory.checkpoint.save import save_shard, write_model_files
 from accessory.distributed import groups
 from accessory.distributed.parallel import full_state_dict, unwrap
 from accessory.errors import AccessoryError
-from accessory.model.config import model_args_to_json
 
 CHECKPOINT_NAME = re.compile(r"^epoch(\d+)(?:-iter(\d+))?$")
 
@@ -63,13 +61,7 @@ def save_checkpoint(output_dir: str, name: str, model: nn.Module, optimizer: tor
 
 
 def _write_side_files(directory: str, module: nn.Module, train_state: Dict[str, Any], world: int) -> None:
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(model_args_to_json(module.args), f, indent=2)
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump({"llama_type": module.llama_type}, f)
-    tokenizer_path = module.tokenizer.path
-    shutil.copyfile(tokenizer_path, os.path.join(directory, "tokenizer.json" if tokenizer_path.endswith(".json")
-                                                 else "tokenizer.model"))
+    write_model_files(directory, module.args, module.llama_type, module.tokenizer.path)
     state = {**train_state, "world_size": world, "model_parallel_size": groups.mp_world()}
     torch.save(state, os.path.join(directory, "train_state.pth"))
 
