@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import torch
 
@@ -120,6 +121,8 @@ def make_grad_scaler(precision: str, data_parallel: str):
     if data_parallel == "ddp":
         return torch.amp.GradScaler(groups.device().type)
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    # its 1-element scale tensor meets DTensor gradients: harmless, but torch warns on every rank
+    warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1")
     return ShardedGradScaler(groups.device().type)
 
 

@@ -93,22 +93,21 @@ def _llama31_scaled(freqs: torch.Tensor, factor: float = 8.0, low_freq_factor: f
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
 
 
-def rope_cos_sin(args: ModelArgs, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles for `positions` ([T] or [B, T]), fp32, shaped to broadcast
-    over [B, T, heads, head_dim / 2]. Computed per forward: it is tiny next to the matmuls, and it
-    keeps the angles in fp32 whatever dtype the module is cast to."""
+def rope_rotations(args: ModelArgs, positions: torch.Tensor) -> torch.Tensor:
+    """The unit complex numbers e^(i·position·θ_j) for `positions` ([T] or [B, T]), complex64, shaped to
+    broadcast over [B, T, heads, head_dim / 2]. Computed per forward: tiny next to the matmuls, and
+    in fp32 whatever dtype the module is cast to."""
     angles = positions.float()[..., None] * rope_frequencies(args, positions.device)
     if angles.dim() == 2:  # [T, D/2] shared by the batch
         angles = angles[None]
-    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+    return torch.polar(torch.ones_like(angles), angles)[:, :, None, :]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each interleaved pair (x[2i], x[2i+1]) by its angle: Meta's complex layout in real arithmetic."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate each interleaved pair (x[2i], x[2i+1]), read as a complex number: Meta's layout. One
+    complex multiply is several times faster on CPU than the same rotation in real arithmetic."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
 
 
 def attention_mask(segment_ids: Optional[torch.Tensor], q_len: int, kv_len: int,
@@ -139,13 +138,13 @@ class Attention(nn.Module):
         self.cache_k: Optional[torch.Tensor] = None
         self.cache_v: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, mask: Optional[torch.Tensor],
                 cache_pos: Optional[int] = None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
         v = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
         if cache_pos is not None:
             k, v = self._extend_cache(k, v, cache_pos)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -185,9 +184,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, mask: Optional[torch.Tensor],
                 cache_pos: Optional[int] = None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache_pos)
+        h = x + self.attention(self.attention_norm(x), rotations, mask, cache_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -227,13 +226,13 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)
-        cos, sin = rope_cos_sin(self.args, positions)
+        rotations = rope_rotations(self.args, positions)
         mask = attention_mask(segment_ids, tokens.shape[1], tokens.shape[1], tokens.device)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                h = checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+                h = checkpoint(layer, h, rotations, mask, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask)
+                h = layer(h, rotations, mask)
         return self.output(self.norm(h))
 
     @torch.inference_mode()
@@ -241,10 +240,10 @@ class Transformer(nn.Module):
         """Generation with the KV cache: tokens [B, T] at positions start_pos.. -> logits of the last token."""
         seqlen = tokens.shape[1]
         h = self.tok_embeddings(tokens)
-        cos, sin = rope_cos_sin(self.args, torch.arange(start_pos, start_pos + seqlen, device=tokens.device))
+        rotations = rope_rotations(self.args, torch.arange(start_pos, start_pos + seqlen, device=tokens.device))
         mask = attention_mask(None, seqlen, start_pos + seqlen, tokens.device)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache_pos=start_pos)
+            h = layer(h, rotations, mask, cache_pos=start_pos)
         return self.output(self.norm(h[:, -1:]))[:, 0].float()
 
     def setup_cache(self, max_batch_size: int, max_seq_len: int) -> None:
