@@ -7,8 +7,11 @@
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -93,3 +96,22 @@ def open_shard(path: str) -> Dict[str, torch.Tensor]:
     if "model" in content and isinstance(content["model"], dict):
         return content["model"]
     return {MODEL_PREFIX + key: value for key, value in content.items()}
+
+
+_MADV_DONTNEED = 4
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the pages under `tensor`, a view into a memory-mapped shard (`open_shard`), from this
+    process's memory. Only for file-backed maps that are never written: a later read maps them back
+    from the file (or the page cache), so widening the range to whole pages is harmless."""
+    if _libc is None or tensor.numel() == 0:
+        return
+    span = tensor.untyped_storage()
+    start = tensor.data_ptr()
+    end = start + (tensor.stride(0) * tensor.shape[0] if tensor.dim() else 1) * tensor.element_size()
+    begin = max(start, span.data_ptr()) // mmap.PAGESIZE * mmap.PAGESIZE
+    length = min(end, span.data_ptr() + span.nbytes()) - begin
+    if length > 0:
+        _libc.madvise(ctypes.c_void_p(begin), ctypes.c_size_t(length), _MADV_DONTNEED)

@@ -17,10 +17,11 @@ from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEm
 from torch import nn
 
 from accessory.checkpoint.formats import (MODEL_PREFIX, CheckpointFiles, check_pretrained_type, find_checkpoint,
-                                          open_shard)
+                                          open_shard, release_pages)
 from accessory.errors import AccessoryError
 
 IGNORED_KEYS = {MODEL_PREFIX + "rope.freqs"}  # Meta's precomputed rotary table; we compute it
+ROW_BLOCK_BYTES = 32 << 20
 Box = List[Tuple[int, int]]  # a region of a tensor: (start, stop) along each dim
 
 
@@ -125,10 +126,22 @@ def _copy_region(param: torch.Tensor, name: str, sources: List[torch.Tensor], ck
             continue
         dst = param[tuple(slice(s - t, e - t) for (s, e), (t, _) in zip(overlap, target))]
         src = source[tuple(slice(s - b, e - b) for (s, e), (b, _) in zip(overlap, box))]
+        _copy_in_row_blocks(dst, src, add)
+
+
+def _copy_in_row_blocks(dst: torch.Tensor, src: torch.Tensor, add: bool) -> None:
+    """dst (+)= src, a block of rows at a time, handing each block's mapped file pages back to the
+    kernel once copied. A slice along dim 1 (a row-parallel weight, the embedding) reads every page
+    of the source: without this, all of them would count in this rank's memory until the shard closes."""
+    rows_per_block = max(1, ROW_BLOCK_BYTES // max(1, src[:1].numel() * src.element_size())) if src.dim() else 1
+    for start in range(0, max(1, src.shape[0] if src.dim() else 1), rows_per_block):
+        block = src[start:start + rows_per_block] if src.dim() else src
+        target = dst[start:start + rows_per_block] if dst.dim() else dst
         if add:
-            dst.add_(src.to(dst.dtype))
+            target.add_(block.to(target.dtype))
         else:
-            dst.copy_(src)
+            target.copy_(block)
+        release_pages(block)
 
 
 def _source_boxes(name: str, sources: List[torch.Tensor], full_shape: List[int], ckpt: CheckpointFiles) -> List[Box]:
