@@ -89,8 +89,9 @@ def build(args: argparse.Namespace):
         quantize_base(model, COMPUTE_DTYPES[args.precision], groups.device())
     model.llma.gradient_checkpointing = args.checkpointing
     model = wrap_data_parallel(model.to(groups.device()), args.data_parallel)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
     scaler = make_grad_scaler(args.precision, args.data_parallel)
+    # FSDP's sharded grad scaler keeps a 1-element scale that the fused AdamW kernel rejects
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=args.precision != "fp16")
     loader = data.train_loader(args.batch_size, args.accum_iter, groups.dp_rank(), groups.dp_world(),
                                args.num_workers, args.pin_mem and torch.cuda.is_available())
     val_loader = (data.val_loader(args.batch_size, groups.dp_rank(), groups.dp_world())

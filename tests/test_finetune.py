@@ -39,11 +39,13 @@ def weights(checkpoint: Path) -> dict:
     return torch.load(next(checkpoint.glob("consolidated.00-of-*.model.pth")), weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("nproc,mp,mode", [(2, 1, "fsdp"), (2, 2, "sdp"), (4, 2, "fsdp")])
-def test_trains_with_falling_loss(tiny_dir, base, tiny_data, tmp_path, nproc, mp, mode):
+@pytest.mark.parametrize("nproc,mp,mode,precision", [(2, 1, "fsdp", "fp32"), (2, 2, "sdp", "fp32"),
+                                                     (4, 2, "fsdp", "fp32"), (2, 1, "ddp", "bf16"),
+                                                     (2, 1, "sdp", "fp16")])
+def test_trains_with_falling_loss(tiny_dir, base, tiny_data, tmp_path, nproc, mp, mode, precision):
     out = tmp_path / "out"
-    finetune(nproc, *finetune_args(tiny_dir, base, tiny_data, out, "--model_parallel_size", mp,
-                                   "--data_parallel", mode, "--max_steps", 8, "--batch_size", 2, "--clip_grad", 1.0))
+    finetune(nproc, *finetune_args(tiny_dir, base, tiny_data, out, "--model_parallel_size", mp, "--data_parallel",
+                                   mode, "--precision", precision, "--max_steps", 8, "--batch_size", 2, "--clip_grad", 1.0))
     losses = [m["loss"] for m in metrics(out)]
     assert len(losses) == 8
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.9, losses

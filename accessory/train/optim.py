@@ -7,15 +7,15 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
     """Fused AdamW (betas 0.9/0.95) over trainable parameters; norms and biases (1-D) get no weight decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel (CUDA and CPU) is many times faster than the per-parameter loop
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    # the fused kernel (CUDA and CPU) is many times faster than the per-parameter loop; foreach otherwise
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused or None, foreach=None if fused else True)
 
 
 def learning_rate(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: int) -> float:
