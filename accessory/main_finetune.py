@@ -75,7 +75,8 @@ def build(args: argparse.Namespace):
     log = print if groups.is_main_process() else (lambda message: None)
     data = build_finetune_data(DataArgs(
         data_config=args.data_config, max_words=args.max_words, dialog=args.dialog, packing=args.packing,
-        skip_bad_samples=args.skip_bad_samples, val_ratio=args.val_ratio, cache_dir=args.cache_dir, seed=args.seed),
+        skip_bad_samples=args.skip_bad_samples, val_ratio=args.val_ratio, cache_dir=args.cache_dir, seed=args.seed,
+        length_grouped=args.length_grouped),
         tokenizer, local_rank=int(os.environ.get("LOCAL_RANK", "0")), log=log)
     model = build_model(args.llama_type, margs, tokenizer)
     resume = resolve_resume(args.resume, args.output_dir)
@@ -88,6 +89,9 @@ def build(args: argparse.Namespace):
     if args.quant:
         quantize_base(model, COMPUTE_DTYPES[args.precision], groups.device())
     model.llma.gradient_checkpointing = args.checkpointing
+    if args.compile:  # per block, in place: state-dict keys and FSDP units stay as they are
+        for block in model.llma.layers:
+            block.compile()
     model = wrap_data_parallel(model.to(groups.device()), args.data_parallel)
     scaler = make_grad_scaler(args.precision, args.data_parallel)
     # FSDP's sharded grad scaler keeps a 1-element scale that the fused AdamW kernel rejects

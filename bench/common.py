@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -59,11 +60,23 @@ def machine(threads: Optional[int] = None) -> Dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(), "cores": default_threads(), "torch": torch.__version__,
         "threads": threads if threads is not None else torch.get_num_threads(),
-        "python": platform.python_version(), "loadavg_start": loadavg(),
+        "python": platform.python_version(), "git": git_state(), "loadavg_start": loadavg(),
     }
     if torch.cuda.is_available():
         info["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return info
+
+
+def git_state() -> str:
+    """The commit measured, with '+changes' when accessory/ differs from it (the library is measured)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--", "accessory") else "") if commit else "unknown"
+    except OSError:
+        return "unknown"
 
 
 def loadavg() -> float:
@@ -134,18 +147,40 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def matmul_peak(dtype_name: str, size: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of a large square torch.matmul at the current thread count (median of `repeats`)."""
+def matmul_peak(dtype_name: str, size: int = 4096, repeats: int = 5) -> Dict[str, float]:
+    """FLOP/s of a large square torch.matmul at the current thread count (median of `repeats`), by
+    wall clock and by CPU time (see `Clock`)."""
     import torch
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)
-    times = []
+    times: Dict[str, List[float]] = {"wall": [], "cpu": []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / median(times)
+        with Clock() as clock:
+            torch.matmul(a, b)
+        for key in times:
+            times[key].append(clock.seconds[key])
+    return {key: 2 * size ** 3 / median(values) for key, values in times.items()}
+
+
+CLOCKS = {"wall": "wall clock (as the trainer reports)", "cpu": "CPU time / threads (robust to other load)"}
+
+
+class Clock:
+    """Wall-clock seconds and CPU seconds of this process divided by its torch threads: the time the
+    work would take with its threads to itself. Other users of the machine stretch the first, not
+    the second (exactly so with one thread; with more, threads waiting on a preempted peer spin and
+    count a little)."""
+
+    def __enter__(self) -> "Clock":
+        import torch
+        self.threads = torch.get_num_threads()
+        self.start = (time.perf_counter(), time.process_time())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall, cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
+        self.seconds = {"wall": wall, "cpu": cpu / self.threads}
 
 
 def proc_status_kib(field: str) -> int:
@@ -241,10 +276,14 @@ def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
-def write_result(name: str, payload: Dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(rounded(payload), indent=2, default=str) + "\n")
+def write_result(name: str, payload: Dict[str, Any], quick: bool = False) -> Path:
+    """bench/results/<name>.json; a --quick smoke run writes bench/.work/<name>.quick.json instead,
+    leaving the full run's result in place."""
+    path = WORK / f"{name}.quick.json" if quick else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(rounded(payload), indent=2, default=str)
+    text = re.sub(r"\[\s*([-0-9.e+, \n]*?)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+    path.write_text(text + "\n")  # lists of numbers on one line each: short, diff-friendly
     print(f"wrote {path.relative_to(REPO)}")
     return path
 

@@ -16,6 +16,8 @@ for each step; the job is stopped once enough steps are logged (so no final chec
 written), warm-up steps are skipped and the median is reported. MFU = tokens/s x 6 x matmul
 parameters / (GPUs x peak), attention FLOPs not counted (conservative), against both the GPU's
 nominal dense bf16 peak and a measured large bf16 matmul. Target: >= 55% MFU on H100/H200.
+Unpacked rows use SDPA's causal flash kernel; packed rows pass a per-sample mask, which SDPA serves
+with its memory-efficient kernel instead.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 10, quick 4)")
     p.add_argument("--warmup", type=int, default=3, help="steps skipped per configuration")
     p.add_argument("--cpu_smoke", action="store_true", help=argparse.SUPPRESS)  # the plumbing, tiny, on CPU
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # GPU facts, in a process of its own
     args = p.parse_args()
     args.steps = args.steps or (4 if args.quick else 10)
     return args
@@ -61,11 +64,18 @@ def parse_args() -> argparse.Namespace:
 
 # ----- hardware -----------------------------------------------------------------------------
 
-def gpus() -> Dict[str, Any]:
+def probe() -> None:
+    """Print the GPUs and GPU 0's measured bf16 matmul peak as a JSON line (run in a child process, so
+    that this process holds no CUDA context on GPU 0 while the jobs run)."""
     import torch
 
     props = torch.cuda.get_device_properties(0)
-    return {"count": torch.cuda.device_count(), "name": props.name, "memory_gib": props.total_memory / 1024 ** 3}
+    print(json.dumps({"count": torch.cuda.device_count(), "name": props.name,
+                      "memory_gib": props.total_memory / 1024 ** 3, "measured_peak": measured_peak()}))
+
+
+def gpus() -> Dict[str, Any]:
+    return common.last_json_line(common.run([Path(__file__).resolve(), "--probe"], threads=1).stdout)
 
 
 def nominal_peak(name: str) -> Optional[float]:
@@ -140,7 +150,8 @@ def run_config(inputs: Dict[str, Path], nproc: int, checkpointing: bool, packing
                "--cache_dir", inputs["work"] / "cache", *device_flags,
                *(["--checkpointing"] if checkpointing else []), *(["--packing"] if packing else [])]
     log = (inputs["work"] / f"{output_dir.name}.log").open("w")
-    proc = subprocess.Popen([str(c) for c in command], cwd=common.REPO, env=common.child_env(max(1, (os.cpu_count() or 1) // nproc)), stdout=log,
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    proc = subprocess.Popen([str(c) for c in command], cwd=common.REPO, env=common.child_env(threads), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     records = wait_for_steps(proc, output_dir / "metrics.jsonl", steps, timeout)
     log.close()
@@ -175,6 +186,8 @@ def wait_for_steps(proc: subprocess.Popen, metrics: Path, steps: int, timeout: f
 
 def main() -> None:
     args = parse_args()
+    if args.probe:
+        return probe()
     import torch
 
     if not (torch.cuda.is_available() or args.cpu_smoke):
@@ -184,34 +197,22 @@ def main() -> None:
     common.print_machine(info)
     if args.cpu_smoke:
         hw, shape, params, max_words, nproc = {"count": 2, "name": "cpu"}, "smoke", SMOKE, 128, 2
-        peaks = {"measured": common.matmul_peak("bf16", size=1024), "nominal": None}
+        peaks = {"measured": common.matmul_peak("bf16", size=1024)["wall"], "nominal": None}
         device_flags = ["--num_workers", 0]
     else:
         hw = gpus()
         shape = args.shape or choose_shape(hw)
         params, max_words, nproc = SHAPES[shape], 2048, hw["count"]
-        peaks = {"measured": measured_peak(), "nominal": nominal_peak(hw["name"])}
+        peaks = {"measured": hw.pop("measured_peak"), "nominal": nominal_peak(hw["name"])}
         device_flags = ["--num_workers", 4]
     total_steps = args.warmup + args.steps
     inputs = prepare_inputs(params, shape, repeat=max(1, nproc * total_steps // 40 + 1))
     flops_per_token = 6 * matmul_params(params)
     configs = [c for c in CONFIGS if c[1]] if args.quick else CONFIGS
-    rows, results = [], []
-    for checkpointing, packing in configs:
-        run = run_config(inputs, nproc, checkpointing, packing, total_steps, max_words, device_flags)
-        result: Dict[str, Any] = {"checkpointing": checkpointing, "packing": packing}
-        if "error" in run:
-            result["error"] = run["error"]
-            print(f"  checkpointing {checkpointing}, packing {packing}: FAILED\n{run['error']}", flush=True)
-        else:
-            tps = common.median([r["tokens_per_s"] for r in run["records"][args.warmup:]])
-            result.update(tokens_per_s=tps, tokens_per_step=common.median([r["tokens"] for r in run["records"]]),
-                          mfu_measured=tps * flops_per_token / (nproc * peaks["measured"]),
-                          mfu_nominal=tps * flops_per_token / (nproc * peaks["nominal"]) if peaks["nominal"] else None)
-            print(f"  checkpointing {checkpointing}, packing {packing}: {tps:.0f} tokens/s", flush=True)
-        results.append(result)
-        rows.append([checkpointing, packing, result.get("tokens_per_s", "failed"), result.get("tokens_per_step", ""),
-                     pct(result.get("mfu_nominal")), pct(result.get("mfu_measured"))])
+    results = [measure_config(inputs, nproc, c, p, args, max_words, device_flags, flops_per_token, peaks)
+               for c, p in configs]
+    rows = [[r["checkpointing"], r["packing"], r.get("tokens_per_s", "failed"), r.get("tokens_per_step", ""),
+             pct(r.get("mfu_nominal")), pct(r.get("mfu_measured"))] for r in results]
     best = max((r.get("mfu_nominal") or r.get("mfu_measured") or 0.0) for r in results)
 
     print()
@@ -219,7 +220,7 @@ def main() -> None:
     print(f"{nproc} x {hw['name']}, shape {shape} ({matmul_params(params) / 1e9:.2f}B matmul parameters), bf16, "
           f"--data_parallel fsdp, max_words {max_words}, batch_size 4 per GPU; bf16 matmul peak measured "
           f"{peaks['measured'] / 1e12:.0f} TFLOP/s, nominal {pct_or_none(peaks['nominal'])}\n")
-    common.print_table(["checkpointing", "packing", "tokens/s (all GPUs)", "tokens/step", "MFU (nominal)",
+    common.print_table(["checkpointing", "packing", "tokens/s (all GPUs)", "tokens/step (all GPUs)", "MFU (nominal)",
                         "MFU (measured peak)"], rows)
     print(f"\nbest MFU {best:.1%}; target >= {TARGET:.0%} on H100/H200: {common.verdict(best >= TARGET)}")
     if args.cpu_smoke:  # a check of this script's plumbing: nothing to keep
@@ -229,6 +230,21 @@ def main() -> None:
                                    "batch_size": 4, "steps": args.steps, "warmup": args.warmup,
                                    "flops_per_token": flops_per_token, "peaks": peaks},
         "runs": results, "best_mfu": best, "target": f">= {TARGET:.0%}", "target_met": best >= TARGET})
+
+
+def measure_config(inputs: Dict[str, Path], nproc: int, checkpointing: bool, packing: bool, args: argparse.Namespace,
+                   max_words: int, device_flags: List[str], flops_per_token: float,
+                   peaks: Dict[str, Optional[float]]) -> Dict[str, Any]:
+    run = run_config(inputs, nproc, checkpointing, packing, args.warmup + args.steps, max_words, device_flags)
+    result: Dict[str, Any] = {"checkpointing": checkpointing, "packing": packing}
+    if "error" in run:
+        print(f"  checkpointing {checkpointing}, packing {packing}: FAILED\n{run['error']}", flush=True)
+        return {**result, "error": run["error"]}
+    tps = common.median([r["tokens_per_s"] for r in run["records"][args.warmup:]])
+    print(f"  checkpointing {checkpointing}, packing {packing}: {tps:.0f} tokens/s", flush=True)
+    return {**result, "tokens_per_s": tps, "tokens_per_step": common.median([r["tokens"] for r in run["records"]]),
+            "mfu_measured": tps * flops_per_token / (nproc * peaks["measured"]),
+            "mfu_nominal": tps * flops_per_token / (nproc * peaks["nominal"]) if peaks["nominal"] else None}
 
 
 def pct(value: Optional[float]) -> str:

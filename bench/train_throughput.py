@@ -16,14 +16,17 @@ with the same thread count:
 
 The four (side, precision) pairs take turns step by step, in an order that flips every round, and a
 short matmul peak is measured every round too, so that load from other users of the machine hits
-all of them alike; medians over rounds are reported, warm-up rounds skipped. MFU is the model's
-training FLOP/s (6 x matmul parameters + PaLM's attention term 12 x layers x dim x seq, per token)
-over the large-matmul peak measured in the same precision and round.
+all of them alike; medians over rounds are reported, warm-up rounds skipped. Every figure is given
+twice: by wall clock (what the trainer reports) and by the process's CPU time / threads (the time
+the step would take with its threads to itself, which other load barely moves: exact with
+--threads 1). MFU is the model's training FLOP/s (6 x matmul parameters + PaLM's attention term
+12 x layers x dim x seq, per token) over the best large-matmul rate measured (every round, same
+precision and clock).
 
 Unless --quick, the real entrypoint (`python -m accessory.main_finetune ... --max_steps N`) then runs
 once per precision as a cross-check that the in-process figures are what a user gets (not interleaved,
-so more exposed to load). Finally our step is profiled (torch.profiler) into
-bench/results/train_profile.txt: self-CPU time by category, then the top ops.
+so more exposed to load). Finally our step, and the transformers loop's for comparison, are
+profiled (torch.profiler) into bench/results/train_profile.txt: self-CPU time by category, then the top ops.
 """
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ import json
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -53,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="measured rounds (default 10, quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="rounds skipped first (default 2, quick 1)")
     p.add_argument("--no_profile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="our side with --compile (torch.compile per block)")
     args = p.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 10)
     args.no_profile = args.no_profile or args.quick
@@ -81,8 +84,9 @@ def write_full_rows_data(path: Path, records: int) -> Path:
     return path
 
 
-def finetune_flags(inputs: Dict[str, Path], output_dir: Path, precision: str, max_steps: int) -> List[str]:
-    flags = ["--output_dir", output_dir, "--llama_config", inputs["params"], "--tokenizer_path", inputs["tokenizer"],
+def finetune_flags(inputs: Dict[str, Path], output_dir: Path, precision: str, max_steps: int,
+                   compile_blocks: bool = False) -> List[str]:
+    flags = ["--compile"] * compile_blocks + ["--output_dir", output_dir, "--llama_config", inputs["params"], "--tokenizer_path", inputs["tokenizer"],
              "--pretrained_path", inputs["ckpt"], "--data_config", inputs["data"], "--max_words", SEQ,
              "--batch_size", BATCH, "--max_steps", max_steps, "--precision", precision, "--num_workers", 0,
              "--lr", 1e-5, "--cache_dir", inputs["work"] / "cache"]
@@ -94,16 +98,18 @@ def finetune_flags(inputs: Dict[str, Path], output_dir: Path, precision: str, ma
 class OurSide:
     """`main_finetune.build()` from the entrypoint's flags; steps through `Trainer._step`."""
 
-    def __init__(self, inputs: Dict[str, Path], precision: str):
+    def __init__(self, inputs: Dict[str, Path], precision: str, compile_blocks: bool):
         output_dir = inputs["work"] / f"inproc_{precision}"
         shutil.rmtree(output_dir, ignore_errors=True)
-        self.entry = common.EntrypointTrainer(finetune_flags(inputs, output_dir, precision, 10**6))
+        self.entry = common.EntrypointTrainer(finetune_flags(inputs, output_dir, precision, 10**6, compile_blocks))
 
-    def __call__(self) -> float:
-        record = self.entry.step()
+    def __call__(self) -> Dict[str, float]:
+        micro = self.entry.next_batches()  # outside the timing, as in the trainer's loop
+        with common.Clock() as clock:
+            record = self.entry.step(micro)
         if record["tokens"] != BATCH * SEQ:
             raise RuntimeError(f"rows are not all full: {record['tokens']} tokens in a step")
-        return record["tokens_per_s"]
+        return {"wall": record["tokens_per_s"], "cpu": record["tokens"] / clock.seconds["cpu"]}
 
     def close(self) -> None:
         self.entry.close()
@@ -123,17 +129,17 @@ class HFSide:
         self.tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
         self.bf16 = precision == "bf16"
 
-    def __call__(self) -> float:
+    def __call__(self) -> Dict[str, float]:
         import torch
 
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.model(input_ids=self.tokens, labels=self.tokens).loss
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.item()
-        return self.tokens.numel() / (time.perf_counter() - start)
+        with common.Clock() as clock:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.model(input_ids=self.tokens, labels=self.tokens).loss
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.item()
+        return {key: self.tokens.numel() / seconds for key, seconds in clock.seconds.items()}
 
     def close(self) -> None:
         pass
@@ -171,43 +177,51 @@ def flops_per_token() -> float:
 
 # ----- measurement --------------------------------------------------------------------------
 
-def interleave(sides: Dict[str, Callable[[], float]], rounds: int, warmup: int) -> Dict[str, List[float]]:
+Series = Dict[str, List[Dict[str, float]]]  # side or peak -> per round {"wall": .., "cpu": ..}
+CLOCKS = common.CLOCKS
+
+
+def interleave(sides: Dict[str, Callable[[], Dict[str, float]]], rounds: int, warmup: int) -> Series:
     """One step of every side per round (order flipped every round) plus the matmul peaks; warm-up dropped."""
-    series: Dict[str, List[float]] = {name: [] for name in [*sides, "peak fp32", "peak bf16"]}
+    series: Series = {name: [] for name in [*sides, "peak fp32", "peak bf16"]}
     names = list(sides)
     for r in range(warmup + rounds):
         order = names if r % 2 == 0 else names[::-1]
         values = {name: sides[name]() for name in order}
-        values["peak fp32"] = common.matmul_peak("fp32", size=2048, repeats=3)
-        values["peak bf16"] = common.matmul_peak("bf16", size=2048, repeats=3)
+        values["peak fp32"] = common.matmul_peak("fp32", size=3072, repeats=3)
+        values["peak bf16"] = common.matmul_peak("bf16", size=3072, repeats=3)
         label = "warm-up" if r < warmup else f"round {r - warmup + 1}/{rounds}"
-        print(f"  {label:<13}" + "  ".join(f"{n} {values[n]:.0f}" for n in names) +
-              f"  (peak GFLOP/s fp32 {values['peak fp32'] / 1e9:.0f}, bf16 {values['peak bf16'] / 1e9:.0f})", flush=True)
+        print(f"  {label:<13} tokens/s wall (cpu): " +
+              "  ".join(f"{n} {values[n]['wall']:.0f} ({values[n]['cpu']:.0f})" for n in names), flush=True)
         if r >= warmup:
             for name, value in values.items():
                 series[name].append(value)
     return series
 
 
-def summarize(series: Dict[str, List[float]]) -> Dict[str, Any]:
-    """Medians; MFU and ratios from each round's own figures (paired), then the median over rounds."""
+def summarize(series: Series, clock: str) -> Dict[str, Any]:
+    """Medians; ratios from each round's own figures (paired), then the median over rounds; MFU
+    against the best matmul peak of all rounds (the peak this machine reached)."""
     fpt = flops_per_token()
     rounds = range(len(series[SIDES[0]]))
+
+    def at(name: str, i: int) -> float:
+        return series[name][i][clock]
 
     def paired(f: Callable[[int], float]) -> float:
         return common.median([f(i) for i in rounds])
 
-    tps = {name: common.median(series[name]) for name in SIDES}
-    mfu = {name: paired(lambda i, n=name: series[n][i] * fpt / series[f"peak {n.split()[1]}"][i]) for name in SIDES}
-    ratios = {f"{a} / {b}": paired(lambda i, a=a, b=b: series[a][i] / series[b][i])
+    tps = {name: common.median([at(name, i) for i in rounds]) for name in SIDES}
+    peaks = {name: max(at(name, i) for i in rounds) for name in ("peak fp32", "peak bf16")}
+    mfu = {name: tps[name] * fpt / peaks[f"peak {name.split()[1]}"] for name in SIDES}
+    ratios = {f"{a} / {b}": paired(lambda i, a=a, b=b: at(a, i) / at(b, i))
               for a, b in [("ours fp32", "hf fp32"), ("ours bf16", "hf fp32"), ("ours bf16", "hf bf16"),
-                           ("hf bf16", "hf fp32")]}
+                           ("ours bf16", "ours fp32"), ("hf bf16", "hf fp32")]}
     targets = {
         f"ours fp32 >= {TARGET_FP32_RATIO}x hf fp32": ratios["ours fp32 / hf fp32"] >= TARGET_FP32_RATIO,
         f"ours bf16 >= {TARGET_BF16_VS_FP32}x hf fp32": ratios["ours bf16 / hf fp32"] >= TARGET_BF16_VS_FP32,
         f"ours fp32 MFU >= {TARGET_MFU:.0%} of the fp32 matmul peak": mfu["ours fp32"] >= TARGET_MFU,
     }
-    peaks = {name: common.median(series[name]) for name in ("peak fp32", "peak bf16")}
     return {"tokens_per_s": tps, "mfu": mfu, "ratios": ratios, "targets": targets, "matmul_peak_flops": peaks}
 
 
@@ -221,7 +235,8 @@ def entrypoint_check(inputs: Dict[str, Path], threads: int, steps: int = 6, warm
         rates = [m["tokens_per_s"] for m in common.read_metrics(output_dir)]
         shutil.rmtree(output_dir)  # the final checkpoint is large and not needed
         result[f"ours {precision}"] = common.median(rates[warmup:])
-        print(f"  entrypoint --precision {precision}: steps {', '.join(f'{r:.0f}' for r in rates)} tokens/s", flush=True)
+        print(f"  entrypoint --precision {precision}: steps {', '.join(f'{r:.0f}' for r in rates)} tokens/s",
+              flush=True)
     return result
 
 
@@ -246,7 +261,7 @@ def profile_ours(sides: Dict[str, Callable[[], float]], steps: int = 3) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     sections = []
-    for name in ("ours fp32", "ours bf16"):
+    for name in SIDES:  # ours, then the reference loop for comparison
         sides[name]()  # warm
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
@@ -261,7 +276,8 @@ def profile_section(prof, name: str, steps: int) -> str:
     by_category: Dict[str, float] = {}
     for e in events:
         by_category[category(e.key)] = by_category.get(category(e.key), 0.0) + e.self_cpu_time_total
-    lines = [f"== {name}: Trainer._step from main_finetune.build(), {steps} steps of {BATCH}x{SEQ} tokens; "
+    how = "Trainer._step from main_finetune.build()" if name.startswith("ours") else "the transformers loop"
+    lines = [f"== {name}: {how}, {steps} steps of {BATCH}x{SEQ} tokens; "
              f"self CPU time {total / 1e6 / steps:.2f} s per step ==", "", "self CPU time by category (op-name based):"]
     for label, micros in sorted(by_category.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {label:<45} {micros / 1e6 / steps:7.3f} s/step  {micros / total:6.1%}")
@@ -279,25 +295,30 @@ def category(op: str) -> str:
 
 # ----- report -------------------------------------------------------------------------------
 
-def report(info: Dict[str, Any], summary: Dict[str, Any], check: Dict[str, float], args: argparse.Namespace) -> None:
-    counts, peaks = model_counts(), summary["matmul_peak_flops"]
+def report(info: Dict[str, Any], summaries: Dict[str, Dict[str, Any]], check: Dict[str, float],
+           args: argparse.Namespace) -> None:
+    counts = model_counts()
     print()
     common.print_machine(info)
     print(f"model: dim {PARAMS['dim']}, {PARAMS['n_layers']} layers, {PARAMS['n_heads']} heads, vocab {VOCAB}: "
           f"{counts['params'] / 1e6:.1f}M parameters ({counts['matmul_params'] / 1e6:.1f}M in matmuls); batch "
           f"{BATCH}x{SEQ}, all rows full; {args.rounds} interleaved rounds after {args.warmup} warm-up")
-    print(f"matmul peak ({args.threads} threads, median of rounds): fp32 {peaks['peak fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peaks['peak bf16'] / 1e9:.0f} GFLOP/s")
-    print("ours: objects from accessory.main_finetune.build() + Trainer._step (tokens/s from its metrics.jsonl); "
-          "hf: LlamaForCausalLM(sdpa) + torch.optim.AdamW; bf16 = autocast on both\n")
-    rows = [[name, summary["tokens_per_s"][name], f"{summary['mfu'][name]:.1%}",
-             f"{check[name]:.0f}" if name in check else ""] for name in SIDES]
-    common.print_table(["side precision", "tokens/s", "MFU vs same-precision peak",
-                        "entrypoint run tokens/s"], rows)
-    print()
-    common.print_table(["ratio (paired per round)", "median"], [[k, f"{v:.2f}x"] for k, v in summary["ratios"].items()])
-    print()
-    common.print_table(["target", "result"], [[k, common.verdict(v)] for k, v in summary["targets"].items()])
+    print("ours: objects from accessory.main_finetune.build() + Trainer._step (wall tokens/s from its metrics.jsonl); "
+          "hf: LlamaForCausalLM(sdpa) + torch.optim.AdamW; bf16 = autocast on both")
+    for clock, summary in summaries.items():
+        peaks = summary["matmul_peak_flops"]
+        print(f"\n-- {CLOCKS[clock]}; best matmul fp32 {peaks['peak fp32'] / 1e9:.0f}, "
+              f"bf16 {peaks['peak bf16'] / 1e9:.0f} GFLOP/s ({args.threads} threads)")
+        with_check = clock == "wall" and bool(check)
+        rows = [[name, summary["tokens_per_s"][name], f"{summary['mfu'][name]:.1%}"] +
+                ([f"{check[name]:.0f}" if name in check else ""] if with_check else []) for name in SIDES]
+        common.print_table(["side precision", "tokens/s", "MFU vs same-precision peak"] +
+                           (["entrypoint run tokens/s"] if with_check else []), rows)
+        print()
+        common.print_table(["ratio (paired per round)", "median"],
+                           [[k, f"{v:.2f}x"] for k, v in summary["ratios"].items()])
+        print()
+        common.print_table(["target", "result"], [[k, common.verdict(v)] for k, v in summary["targets"].items()])
 
 
 def main() -> None:
@@ -306,10 +327,10 @@ def main() -> None:
     info = common.machine(args.threads)
     common.print_machine(info)
     inputs = prepare_inputs(args.threads)
-    sides: Dict[str, Any] = {name: (OurSide(inputs, name.split()[1]) if name.startswith("ours")
+    sides: Dict[str, Any] = {name: (OurSide(inputs, name.split()[1], args.compile) if name.startswith("ours")
                                     else HFSide(name.split()[1])) for name in SIDES}
     series = interleave(sides, args.rounds, args.warmup)
-    summary = summarize(series)
+    summaries = {clock: summarize(series, clock) for clock in CLOCKS}
     if not args.no_profile:
         out = common.RESULTS / "train_profile.txt"
         common.RESULTS.mkdir(parents=True, exist_ok=True)
@@ -319,14 +340,17 @@ def main() -> None:
         side.close()
     check = {} if args.quick else entrypoint_check(inputs, args.threads)
     info["loadavg_end"] = common.loadavg()
-    report(info, summary, check, args)
-    common.write_result(NAME, {
+    report(info, summaries, check, args)
+    common.write_result(NAME + "_compile" * args.compile, {
         "machine": info,
         "setup": {"params": PARAMS, "vocab_size": VOCAB, "batch": BATCH, "seq": SEQ, **model_counts(),
                   "rounds": args.rounds, "warmup_rounds": args.warmup, "flops_per_token": flops_per_token(),
                   "ours": "accessory.main_finetune.build() + Trainer._step, tokens_per_s from metrics.jsonl",
+                  "ours_compile": args.compile,
                   "hf": "LlamaForCausalLM(sdpa) + torch.optim.AdamW(betas 0.9/0.95); bf16 = autocast on both"},
-        **summary, "entrypoint_run_tokens_per_s": check, "rounds": series})
+        "clocks": CLOCKS, **summaries, "entrypoint_run_tokens_per_s": check,
+        "rounds": {name: {clock: [v[clock] for v in values] for clock in CLOCKS} for name, values in series.items()}},
+        quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,11 @@ def test_packing_and_validation(tiny_dir, base, tiny_data, tmp_path):
     assert train[-1]["loss"] < train[0]["loss"]
     assert [json.loads(line)["val_loss"] for line in (out / "log.txt").read_text().splitlines()] == \
         [r["val_loss"] for r in val]
+
+
+def test_compile_gives_the_eager_losses(tiny_dir, base, tiny_data, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    finetune(1, *finetune_args(tiny_dir, base, tiny_data, eager, "--max_steps", 2))
+    finetune(1, *finetune_args(tiny_dir, base, tiny_data, compiled, "--max_steps", 2, "--compile"))
+    for a, b in zip(metrics(eager), metrics(compiled)):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)

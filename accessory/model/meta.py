@@ -29,7 +29,9 @@ class MetaModel(nn.Module):
         The caller divides by the token count of the whole optimizer step, across accumulation
         and data-parallel ranks, so every token weighs the same."""
         logits = self.llma(tokens, positions, segment_ids)
-        return token_cross_entropy_sum(logits[:, :-1], labels[:, 1:])
+        # shift the (small) labels rather than slice the (large) logits: no copy of the logits
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        return token_cross_entropy_sum(logits, targets)
 
     def is_trainable(self, name: str) -> bool:
         return self.spec.is_trainable(self.args, name.removeprefix("llma."))

@@ -36,8 +36,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parallel = p.add_argument_group("parallelism and precision")
     parallel.add_argument("--model_parallel_size", type=int, default=1)
     parallel.add_argument("--data_parallel", choices=["sdp", "fsdp", "ddp"], default="sdp",
-                          help="sdp: shard grads+optimizer state; fsdp: shard everything; ddp: shard nothing")
+                          help="sdp: shard everything, keep parameters gathered from forward to backward; "
+                               "fsdp: shard everything, regather in backward; ddp: shard nothing")
     parallel.add_argument("--precision", choices=["bf16", "fp16", "fp32", "tf32"], default="bf16")
+    parallel.add_argument("--compile", action="store_true",
+                          help="torch.compile each transformer block (slower start, faster steps)")
     parallel.add_argument("--quant", action="store_true",
                           help="QLoRA: NF4 base weights via bitsandbytes (CUDA, llama_peft, --only_save_trainable)")
 
@@ -55,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--dialog", action="store_true", help="ShareGPT-style conversations")
     data.add_argument("--max_words", type=int, default=512, help="tokens per sample (or per packed row)")
     data.add_argument("--packing", action="store_true", help="pack samples into full rows of --max_words")
+    data.add_argument("--length_grouped", action="store_true",
+                      help="batch samples of similar length together (less padding without packing)")
     data.add_argument("--skip_bad_samples", action="store_true", help="skip invalid records instead of stopping")
     data.add_argument("--val_ratio", type=float, default=0.0, help="hold out this fraction for validation")
     data.add_argument("--cache_dir", default=None, help="tokenization cache (default ~/.cache/accessory)")
