@@ -46,6 +46,8 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--epochs", args.epochs), ("--save_interval", args.save_interval)):
         if value < 1:
             raise AccessoryError(f"{flag} must be at least 1, not {value}")
+    if not args.pretrained_path and not args.resume:
+        raise AccessoryError("--pretrained_path is required (or --resume a checkpoint)")
     for path in args.pretrained_path or []:
         if not os.path.isdir(path):
             raise AccessoryError(f"--pretrained_path {path} does not exist")
@@ -82,7 +84,7 @@ def build(args: argparse.Namespace):
     resume = resolve_resume(args.resume, args.output_dir)
     paths = (args.pretrained_path or []) + ([resume] if resume else [])
     if not paths:
-        raise AccessoryError("--pretrained_path is required (or --resume a checkpoint)")
+        raise AccessoryError(f"--resume {args.resume}: no checkpoint in {args.output_dir} yet, and no --pretrained_path")
     load_pretrained(model, paths, groups.mp_rank(), groups.mp_world(), args.pretrained_type,
                     may_be_fresh=model.is_added, log=log)
     prepare_parameters(model, COMPUTE_DTYPES[args.precision])
