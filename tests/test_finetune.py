@@ -73,6 +73,17 @@ def test_resume_continues_exactly(tiny_dir, base, tiny_data, tmp_path):
     a, b = weights(full / "epoch1"), weights(split / "epoch1")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert [m["step"] for m in metrics(split)] == [m["step"] for m in metrics(full)]
+    # a crash in the middle of a save leaves the previous checkpoint as the one resume picks
+    crashed = tmp_path / "crashed"
+    result = torchrun(2, ["tests/scripts/crash_in_second_save.py",
+                          *finetune_args(tiny_dir, base, tiny_data, crashed, *common, "--save_iteration_interval", 4)[2:]],
+                      check=False)
+    assert result.returncode != 0
+    assert (crashed / "latest").read_text().strip() == "epoch0-iter4" and (crashed / ".tmp-epoch0-iter8").is_dir()
+    assert not (crashed / "epoch0-iter8").exists()
+    finetune(2, *finetune_args(tiny_dir, base, tiny_data, crashed, *common, "--resume", "auto"))
+    c = weights(crashed / "epoch1")
+    assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_mp2_checkpoint_reloads_at_mp1(tiny_dir, base, tiny_data, tmp_path):
