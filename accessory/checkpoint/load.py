@@ -7,6 +7,7 @@ peak memory stays near its own share of the weights rather than the whole checkp
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -87,7 +88,7 @@ def load_into(params: Dict[str, torch.Tensor], dims: Dict[str, Optional[int]], c
         for name in group:
             sources = [shard.get(name) for shard in shards]
             if any(source is None for source in sources):
-                absent = [_basename(f) for f, s in zip(ckpt.files, sources) if s is None]
+                absent = [os.path.basename(f) for f, s in zip(ckpt.files, sources) if s is None]
                 raise AccessoryError(f"checkpoint {ckpt.directory}: key {name} is missing from {', '.join(absent)}")
             _copy_region(params[name], name, sources, ckpt, dims[name], mp_rank, mp_size, add)
         del shards
@@ -133,10 +134,10 @@ def _copy_in_row_blocks(dst: torch.Tensor, src: torch.Tensor, add: bool) -> None
     """dst (+)= src, a block of rows at a time, handing each block's mapped file pages back to the
     kernel once copied. A slice along dim 1 (a row-parallel weight, the embedding) reads every page
     of the source: without this, all of them would count in this rank's memory until the shard closes."""
-    rows_per_block = max(1, ROW_BLOCK_BYTES // max(1, src[:1].numel() * src.element_size())) if src.dim() else 1
-    for start in range(0, max(1, src.shape[0] if src.dim() else 1), rows_per_block):
-        block = src[start:start + rows_per_block] if src.dim() else src
-        target = dst[start:start + rows_per_block] if dst.dim() else dst
+    dst, src = torch.atleast_1d(dst), torch.atleast_1d(src)
+    rows_per_block = max(1, ROW_BLOCK_BYTES // max(1, src[0].numel() * src.element_size()))
+    for start in range(0, src.shape[0], rows_per_block):
+        block, target = src[start:start + rows_per_block], dst[start:start + rows_per_block]
         if add:
             target.add_(block.to(target.dtype))
         else:
@@ -152,7 +153,7 @@ def _source_boxes(name: str, sources: List[torch.Tensor], full_shape: List[int],
         for path, source in zip(ckpt.files[1:], sources[1:]):
             if not torch.equal(source, sources[0]):
                 raise AccessoryError(f"checkpoint {ckpt.directory}: replicated key {name} differs between "
-                                     f"{_basename(ckpt.files[0])} and {_basename(path)}")
+                                     f"{os.path.basename(ckpt.files[0])} and {os.path.basename(path)}")
         return [[(0, n) for n in full_shape]] + [[(0, 0)] * len(full_shape)] * (len(sources) - 1)
     for dim in range(len(full_shape)):
         others_match = all(len(s) == len(full_shape) and all(s[d] == full_shape[d] for d in range(len(s)) if d != dim)
@@ -170,7 +171,7 @@ def _source_boxes(name: str, sources: List[torch.Tensor], full_shape: List[int],
 
 def _shape_error(name: str, shapes: List[List[int]], full_shape: List[int], ckpt: CheckpointFiles) -> str:
     found = " + ".join(str(tuple(s)) for s in shapes)
-    message = (f"checkpoint {ckpt.directory}: {name} has shape {found} in {_basename(ckpt.files[0])}"
+    message = (f"checkpoint {ckpt.directory}: {name} has shape {found} in {os.path.basename(ckpt.files[0])}"
                f"{'...' if len(shapes) > 1 else ''} but the model expects {tuple(full_shape)}")
     if name.endswith(("tok_embeddings.weight", "output.weight")):
         message += ("; the tokenizer's vocabulary size differs from the checkpoint's embedding rows: "
@@ -183,7 +184,3 @@ def _shape_error(name: str, shapes: List[List[int]], full_shape: List[int], ckpt
 def _listing(names: List[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _basename(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
