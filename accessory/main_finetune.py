@@ -28,6 +28,7 @@ from accessory.errors import AccessoryError
 from accessory.model.peft import check_quant_support, quantize_base
 from accessory.tokenizer import Tokenizer
 from accessory.train.args import get_args_parser
+from accessory.train.host_memory import keep_freed_host_memory
 from accessory.train.loop import Trainer
 from accessory.train.metrics import MetricsLogger
 from accessory.train.optim import build_optimizer
@@ -105,6 +106,8 @@ def build(args: argparse.Namespace):
     global_batch = args.batch_size * args.accum_iter * groups.dp_world()
     log(f"{len(loader) // args.accum_iter} optimizer steps per epoch of {global_batch} samples; {loader.dropped} "
         f"samples left out of each epoch (a different random few each epoch) to keep global batches whole")
+    if groups.device().type == "cpu" and keep_freed_host_memory():
+        log("host memory: freed blocks are kept for the next step (glibc mallopt) instead of page-faulted in anew")
     trainer = Trainer(args, model, optimizer, scaler, loader, val_loader,
                       MetricsLogger(args.output_dir, groups.is_main_process()))
     if resume:

@@ -14,6 +14,10 @@ with the same thread count:
   backward, step, zero_grad, timed the same way. bf16 means autocast over fp32 weights on both sides
   (what HF Trainer's `bf16=True` does).
 
+Building ours applies the trainer's CPU allocator setting (accessory/train/host_memory.py: freed
+blocks are kept instead of page-faulted in anew every step). It is process-wide, so the
+transformers loop, stepping in the same process, gets it too: the ratios are conservative.
+
 The four (side, precision) pairs take turns step by step, in an order that flips every round, and a
 short matmul peak is measured every round too, so that load from other users of the machine hits
 all of them alike; medians over rounds are reported, warm-up rounds skipped. Every figure is given

@@ -223,6 +223,11 @@ class Transformer(nn.Module):
                 segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training/scoring forward: tokens [B, T] -> logits [B, T, vocab] (full vocabulary on every
         TP rank). Packed rows pass per-token `positions` and `segment_ids` (attention stays within a segment)."""
+        return self.output(self.final_hidden(tokens, positions, segment_ids))
+
+    def final_hidden(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                     segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Everything but the output layer: the normalized last hidden states [B, T, dim]."""
         h = self.tok_embeddings(tokens)
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)
@@ -233,7 +238,7 @@ class Transformer(nn.Module):
                 h = checkpoint(layer, h, rotations, mask, use_reentrant=False)
             else:
                 h = layer(h, rotations, mask)
-        return self.output(self.norm(h))
+        return self.norm(h)
 
     @torch.inference_mode()
     def forward_inference(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from fairscale.nn.model_parallel import initialize as fs_init
 from torch import nn
 
 from accessory.model import get_llama_type
+from accessory.model.cross_entropy import IGNORE_INDEX, linear_cross_entropy_sum
 from accessory.model.llama import ModelArgs, skip_init
-
-IGNORE_INDEX = -100
 
 
 class MetaModel(nn.Module):
@@ -28,10 +29,11 @@ class MetaModel(nn.Module):
         """The SUM of next-token cross-entropy over the target tokens (labels != -100), in fp32.
         The caller divides by the token count of the whole optimizer step, across accumulation
         and data-parallel ranks, so every token weighs the same."""
-        logits = self.llma(tokens, positions, segment_ids)
-        # shift the (small) labels rather than slice the (large) logits: no copy of the logits
+        hidden = self.llma.final_hidden(tokens, positions, segment_ids)
+        # shift the (small) labels rather than slice the hidden states: the last position predicts nothing
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        return token_cross_entropy_sum(logits, targets)
+        # the output layer's matmul is fused with the loss, chunk by chunk: the logits are never whole
+        return linear_cross_entropy_sum(hidden, self.llma.output.weight, targets, model_parallel_group())
 
     def is_trainable(self, name: str) -> bool:
         return self.spec.is_trainable(self.args, name.removeprefix("llma."))
@@ -40,6 +42,7 @@ class MetaModel(nn.Module):
         return self.spec.is_added(name.removeprefix("llma."))
 
 
-def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+def model_parallel_group() -> Optional[dist.ProcessGroup]:
+    """The group the output layer's vocabulary is split over; None when it is whole."""
+    return fs_init.get_model_parallel_group() if fs_init.get_model_parallel_world_size() > 1 else None
