@@ -115,6 +115,15 @@ def test_error_on_one_rank_ends_the_job(tiny_dir, base, tiny_data, tmp_path):
     assert time.time() - start < 60
 
 
+def test_diverging_loss_stops_the_run_without_a_checkpoint(tiny_dir, base, tiny_data, tmp_path):
+    out = tmp_path / "diverged"
+    result = finetune(1, *finetune_args(tiny_dir, base, tiny_data, out, "--lr", 1e12, "--max_steps", 6), check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "the loss is nan at step 2" in errors[0] and "lower --lr" in errors[0], result.stderr
+    assert not (out / "latest").exists()
+
+
 def test_packing_and_validation(tiny_dir, base, tiny_data, tmp_path):
     out = tmp_path / "packed"
     finetune(2, *finetune_args(tiny_dir, base, tiny_data, out, "--packing", "--max_words", 256, "--batch_size", 1,

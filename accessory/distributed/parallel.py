@@ -7,7 +7,6 @@ keeps them gathered until backward (ZeRO-2-like). `ddp` is torch's DistributedDa
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -75,25 +74,28 @@ def full_state_dict(model: nn.Module, names: Optional[set] = None) -> Dict[str, 
 
 
 @torch.no_grad()
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """The true global gradient norm across tensor- and data-parallel ranks; gradients are scaled
-    down to `max_norm` when it is positive. Tensor-parallel shards are summed over the model-
-    parallel group; replicated parameters (norms) hold the same gradient on every TP rank and count once."""
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The true global gradient norm across tensor- and data-parallel ranks (a 0-dim device tensor:
+    nothing waits on the device); gradients are scaled down to `max_norm` when it is positive and the
+    norm is finite. Tensor-parallel shards are summed over the model-parallel group; replicated
+    parameters (norms) hold the same gradient on every TP rank and count once."""
     module = unwrap(model)
     dims = split_dims(module)
     params = [(n, p) for n, p in module.named_parameters() if p.grad is not None]
     if not params:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64)
     local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for _, p in params]
     dp_sharded = any(isinstance(p.grad, DTensor) for _, p in params)
     norms = torch.stack(torch._foreach_norm(local)).double().pow(2)  # one fused pass, as torch's own clipping
     tp_sharded = torch.tensor([dims[name] is not None for name, _ in params], device=norms.device)
-    sums = torch.stack([norms[tp_sharded].sum(), norms[~tp_sharded].sum()])  # [tensor-parallel shards, replicated]
+    # [tensor-parallel shards, replicated], by masks rather than indexing, which would wait on the device
+    sums = torch.stack([torch.where(tp_sharded, norms, 0).sum(), torch.where(tp_sharded, 0, norms).sum()])
     if dp_sharded:
         dist.all_reduce(sums, group=groups.dp_group())
     if groups.mp_world() > 1:
         dist.all_reduce(sums[0:1], group=groups.mp_group())  # in place: a view of `sums`
-    total = sums.sum().sqrt().item()
-    if max_norm > 0 and math.isfinite(total) and total > max_norm:
-        torch._foreach_mul_(local, max_norm / (total + 1e-6))
+    total = sums.sum().sqrt()
+    if max_norm > 0:  # a factor of exactly 1 below max_norm or for a non-finite norm: gradients unchanged
+        factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(local, torch.where(total.isfinite(), factor, 1.0).to(local[0].dtype))
     return total

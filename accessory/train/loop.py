@@ -63,31 +63,32 @@ class Trainer:
         set_learning_rate(self.optimizer, lr)
         counts = torch.tensor([[_targets(b), _real_tokens(b)] for b in micro_batches], dtype=torch.float64).sum(0)
         counts = self._dp_sum(counts.to(self.device))
-        targets = max(counts[0].item(), 1.0)
+        # every token weighs 1/targets of the step; gradients are averaged over DP ranks, hence dp_world.
+        # Kept on the device: the host waits on the device only once per step, for the logged record
+        loss_scale = (groups.dp_world() / counts[0].clamp(min=1)).float()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro_batches):
             inputs = {k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
             with gradient_sync(self.model, i == len(micro_batches) - 1), self._autocast():
                 micro_loss = self.model(**inputs)
-            # gradients are averaged over DP ranks: scale so that each target token weighs 1/targets
-            scaled = micro_loss * (groups.dp_world() / targets)
+            scaled = micro_loss * loss_scale
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += micro_loss.detach()
-        loss = self._dp_sum(loss_sum).item() / targets
-        if not math.isfinite(loss):
+        grad_norm = self._optimizer_step()
+        loss = (self._dp_sum(loss_sum) / counts[0].clamp(min=1)).item()
+        if not math.isfinite(loss):  # the run stops here: nothing after this step is saved
             raise AccessoryError(f"the loss is {loss} at step {self.global_step + 1} (epoch {self.epoch}): "
                                  f"lower --lr, check the data, or use --precision bf16/fp32 instead of fp16")
-        grad_norm = self._optimizer_step()
         self.global_step += 1
         self.micro_done += len(micro_batches)
         elapsed = time.perf_counter() - start
         record = {"step": self.global_step, "epoch": self.epoch + self.micro_done / len(self.loader), "loss": loss,
-                  "lr": lr, "grad_norm": grad_norm, "tokens": int(counts[1].item()),
+                  "lr": lr, "grad_norm": grad_norm.item(), "tokens": int(counts[1].item()),
                   "tokens_per_s": counts[1].item() / elapsed, "time": time.time()}
         self.metrics.step(record, show=self.global_step % self.args.log_interval == 0)
         return loss
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> torch.Tensor:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model, self.args.clip_grad)
