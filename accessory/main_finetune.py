@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 if __package__ in (None, ""):  # run as a file path: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,7 +107,9 @@ def build(args: argparse.Namespace):
     global_batch = args.batch_size * args.accum_iter * groups.dp_world()
     log(f"{len(loader) // args.accum_iter} optimizer steps per epoch of {global_batch} samples; {loader.dropped} "
         f"samples left out of each epoch (a different random few each epoch) to keep global batches whole")
-    if groups.device().type == "cpu" and keep_freed_host_memory():
+    # not under FSDP: its gather and reduce buffers of many sizes would fragment a heap that never
+    # shrinks (2-rank peak RSS +55-95% in bench/fsdp_memory.py), which costs more than the page faults
+    if groups.device().type == "cpu" and not isinstance(model, FSDPModule) and keep_freed_host_memory():
         log("host memory: freed blocks are kept for the next step (glibc mallopt) instead of page-faulted in anew")
     trainer = Trainer(args, model, optimizer, scaler, loader, val_loader,
                       MetricsLogger(args.output_dir, groups.is_main_process()))

@@ -5,7 +5,8 @@ and page-faults a fresh one in at the next allocation of that size. A training s
 re-allocates the same large buffers every step (logits chunks, gradients, activations), so on
 CPU the kernel spends a tenth of the step zeroing pages (measured in bench/train_throughput.py).
 Raising the mmap and trim thresholds keeps those blocks for reuse: the process's RSS stays at its
-high-water mark instead of going up and down every step.
+high-water mark instead of going up and down every step. The price is a heap that never shrinks,
+which buffers of ever-changing sizes fragment (FSDP's): the caller decides where it pays.
 """
 from __future__ import annotations
 
