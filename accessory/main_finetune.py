@@ -6,6 +6,7 @@ optimizer, resume, then the training loop. Flags: `--help` (accessory/train/args
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import warnings
@@ -87,8 +88,14 @@ def build(args: argparse.Namespace):
     paths = (args.pretrained_path or []) + ([resume] if resume else [])
     if not paths:
         raise AccessoryError(f"--resume {args.resume}: no checkpoint in {args.output_dir} yet, and no --pretrained_path")
-    load_pretrained(model, paths, groups.mp_rank(), groups.mp_world(), args.pretrained_type,
-                    may_be_fresh=model.is_added, log=log)
+    # Sharded data parallelism shards the weights before they are loaded (the model's memory is
+    # still untouched then), so that each rank reads only its own rows and never holds the whole
+    # model-parallel-local model. QLoRA quantizes loaded weights, so it loads first.
+    shard_first = args.data_parallel in ("sdp", "fsdp") and groups.dp_world() > 1 and not args.quant
+    load = functools.partial(load_pretrained, paths=paths, mp_rank=groups.mp_rank(), mp_size=groups.mp_world(),
+                             pretrained_type=args.pretrained_type, may_be_fresh=model.is_added, log=log)
+    if not shard_first:
+        load(model)
     prepare_parameters(model, COMPUTE_DTYPES[args.precision])
     if args.quant:
         quantize_base(model, COMPUTE_DTYPES[args.precision], groups.device())
@@ -96,7 +103,10 @@ def build(args: argparse.Namespace):
     if args.compile:  # per block, in place: state-dict keys and FSDP units stay as they are
         for block in model.llma.layers:
             block.compile()
-    model = wrap_data_parallel(model.to(groups.device()), args.data_parallel)
+    # fully_shard moves each unit to the device itself, one at a time
+    model = wrap_data_parallel(model if shard_first else model.to(groups.device()), args.data_parallel)
+    if shard_first:
+        load(model)
     scaler = make_grad_scaler(args.precision, args.data_parallel)
     # FSDP's sharded grad scaler keeps a 1-element scale that the fused AdamW kernel rejects
     optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=args.precision != "fp16")

@@ -54,13 +54,24 @@ def test_trains_with_falling_loss(tiny_dir, base, tiny_data, tmp_path, nproc, mp
     assert [m["step"] for m in metrics(out)] == list(range(1, 9))
 
 
-def test_fsdp_two_ranks_matches_one_process(tiny_dir, base, tiny_data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    finetune(1, *finetune_args(tiny_dir, base, tiny_data, one, "--max_steps", 4, "--batch_size", 2, "--accum_iter", 2))
-    finetune(2, *finetune_args(tiny_dir, base, tiny_data, two, "--max_steps", 4, "--batch_size", 2,
-                               "--data_parallel", "fsdp"))
-    for a, b in zip(metrics(one), metrics(two)):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a, b)
+@pytest.fixture(scope="module")
+def one_process_losses(tiny_dir, base, tiny_data, tmp_path_factory) -> list:
+    out = tmp_path_factory.mktemp("one_process") / "out"
+    finetune(1, *finetune_args(tiny_dir, base, tiny_data, out, "--max_steps", 4, "--batch_size", 2, "--accum_iter", 2))
+    return [m["loss"] for m in metrics(out)]
+
+
+@pytest.mark.parametrize("nproc,mp", [(2, 1), (2, 2), (4, 2)])
+def test_parallel_runs_match_one_process(tiny_dir, base, tiny_data, tmp_path, one_process_losses, nproc, mp):
+    """The same global batches through FSDP over nproc/mp ranks (each loading only its rows of the
+    checkpoint) and tensor parallelism over mp: the same losses, step by step."""
+    dp = nproc // mp
+    finetune(nproc, *finetune_args(tiny_dir, base, tiny_data, tmp_path / "out", "--max_steps", 4, "--batch_size", 2,
+                                   "--accum_iter", 2 // dp, "--model_parallel_size", mp, "--data_parallel", "fsdp"))
+    losses = [m["loss"] for m in metrics(tmp_path / "out")]
+    assert len(losses) == len(one_process_losses) == 4
+    for a, b in zip(one_process_losses, losses):
+        assert abs(a - b) <= 1e-5, (one_process_losses, losses)
 
 
 def test_resume_continues_exactly(tiny_dir, base, tiny_data, tmp_path):

@@ -16,6 +16,7 @@ import torch
 from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEmbedding, RowParallelLinear,
                                                 VocabParallelEmbedding)
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
 
 from accessory.checkpoint.formats import (MODEL_PREFIX, CheckpointFiles, check_pretrained_type, find_checkpoint,
                                           open_shard, release_pages)
@@ -114,20 +115,36 @@ def _by_layer(names: Iterable[str]) -> List[List[str]]:
 def _copy_region(param: torch.Tensor, name: str, sources: List[torch.Tensor], ckpt: CheckpointFiles,
                  dim: Optional[int], mp_rank: int, mp_size: int, add: bool) -> None:
     """Copy (or add) into `param`, this rank's part of the full tensor, the overlapping parts of
-    each source shard."""
+    each source shard. A parameter already sharded over data-parallel ranks (an FSDP2 DTensor)
+    receives only its own rows."""
     full_shape = list(param.shape)
     if dim is not None:
         full_shape[dim] *= mp_size
     target = [(0, n) for n in full_shape]
     if dim is not None:
         target[dim] = (mp_rank * param.shape[dim], (mp_rank + 1) * param.shape[dim])
+    local = param
+    if isinstance(param, DTensor):
+        local, (first, last) = _local_rows(param)
+        target[0] = (target[0][0] + first, target[0][0] + last)
     for source, box in zip(sources, _source_boxes(name, sources, full_shape, ckpt)):
         overlap = [(max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(target, box)]
         if any(start >= stop for start, stop in overlap):
             continue
-        dst = param[tuple(slice(s - t, e - t) for (s, e), (t, _) in zip(overlap, target))]
+        dst = local[tuple(slice(s - t, e - t) for (s, e), (t, _) in zip(overlap, target))]
         src = source[tuple(slice(s - b, e - b) for (s, e), (b, _) in zip(overlap, box))]
         _copy_in_row_blocks(dst, src, add)
+
+
+def _local_rows(param: DTensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """This rank's local tensor of a parameter sharded along dim 0 (FSDP2) and the rows it holds:
+    its chunk in torch.chunk's layout, which DTensor's Shard(0) follows."""
+    if tuple(param.placements) != (Shard(0),):
+        raise ValueError(f"can only load into parameters sharded along dim 0, not {param.placements}")
+    local = param.to_local()
+    chunk = -(-param.shape[0] // param.device_mesh.size())
+    start = min(param.device_mesh.get_local_rank() * chunk, param.shape[0])
+    return local, (start, start + local.shape[0])
 
 
 def _copy_in_row_blocks(dst: torch.Tensor, src: torch.Tensor, add: bool) -> None:

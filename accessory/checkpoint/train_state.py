@@ -107,7 +107,7 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
 
 def load_resume_state(directory: str, optimizer: torch.optim.Optimizer, scaler: Optional[Any]) -> Dict[str, Any]:
     """Restore this rank's optimizer shard, RNG and grad scaler; returns the training position.
-    The weights were loaded with the pretrained ones, before wrapping."""
+    The weights were loaded with the pretrained ones."""
     rank, world = dist.get_rank(), dist.get_world_size()
     state = torch.load(os.path.join(directory, "train_state.pth"), weights_only=True)
     if (state["world_size"], state["model_parallel_size"]) != (world, groups.mp_world()):
