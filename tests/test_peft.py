@@ -2,6 +2,7 @@
 checkpoints, LoRA merging and QLoRA (CUDA only)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -115,30 +116,37 @@ def test_unknown_lora_target_is_named(tiny_dir, tmp_path):
                    Tokenizer(str(tiny_dir / "tokenizer.model")), 1)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error")
-def test_quant_without_cuda_is_a_one_line_error(tiny_dir, base, tiny_data, tmp_path):
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="the error without bitsandbytes")
+def test_quant_without_bitsandbytes_is_a_one_line_error(tiny_dir, base, tiny_data, tmp_path):
     args = get_args_parser().parse_args([str(a) for a in finetune_args(tiny_dir, base, tiny_data, tmp_path)[2:]]
                                         + ["--quant", "--only_save_trainable"])
-    with pytest.raises(AccessoryError, match="needs a CUDA GPU") as error:
+    with pytest.raises(AccessoryError, match="pip install bitsandbytes") as error:
         check_args(args)
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
 def test_qlora_trains_lora_on_an_nf4_base(tiny_dir, base):
     pytest.importorskip("bitsandbytes")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_peft(tiny_dir, [base], NORM_BIAS_LORA).train()
     prepare_parameters(model, torch.bfloat16)
-    model.cuda()
-    tokens = TOKENS.cuda()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    model.to(device)
+    tokens = TOKENS.to(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         reference = model.llma(tokens).float()
-    quantize_base(model, torch.bfloat16, torch.device("cuda"))
+    quantize_base(model, torch.bfloat16, device)
     assert not any(n.endswith(("wq.weight", "w2.weight")) for n, _ in model.named_parameters())
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         quantized = model.llma(tokens).float()
         model(tokens, tokens).backward()
-    assert torch.nn.functional.cosine_similarity(quantized.flatten(), reference.flatten(), dim=0) > 0.98
+    # each base projection computes with exactly its dequantized NF4 weight ...
+    import bitsandbytes.functional as bnbf
+    wq = model.llma.layers[0].attention.wq
+    x = torch.randn(3, wq.nf4.in_features, device=device, dtype=torch.bfloat16)
+    dequantized = bnbf.dequantize_4bit(wq.nf4.weight.data, wq.nf4.weight.quant_state).to(torch.bfloat16)
+    torch.testing.assert_close(wq.nf4(x), x @ dequantized.t(), rtol=2e-2, atol=2e-2)
+    # ... which stays close to the original: NF4 keeps the model's outputs (a random tiny model here)
+    assert torch.nn.functional.cosine_similarity(quantized.flatten(), reference.flatten(), dim=0) > 0.95
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {n for n, p in model.named_parameters() if p.requires_grad}
 

@@ -212,13 +212,19 @@ def merge_lora(model: "MetaModel") -> MergedCheckpoint:
 
 
 def check_quant_support() -> None:
-    """--quant's requirements, checked before anything is built."""
-    if not torch.cuda.is_available():
-        raise AccessoryError("--quant (QLoRA) needs a CUDA GPU for bitsandbytes' NF4 kernels: drop --quant to finetune on CPU")
+    """--quant's requirements, checked before anything is built: bitsandbytes, and NF4 working on
+    this machine's device (CUDA, or CPU where bitsandbytes has CPU kernels: 0.50 does), tried on a tiny matrix."""
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes as bnb
     except ImportError:
         raise AccessoryError("--quant (QLoRA) needs bitsandbytes: pip install bitsandbytes") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").to(device)
+        layer(torch.zeros(1, 64, dtype=torch.bfloat16, device=device))
+    except Exception as error:  # whatever bitsandbytes raises where its kernels are missing
+        raise AccessoryError(f"--quant (QLoRA): bitsandbytes {bnb.__version__} cannot run NF4 on {device.type} "
+                             f"({type(error).__name__}): use a CUDA GPU, or on CPU bitsandbytes 0.50 or newer") from None
 
 
 def quantize_base(model: nn.Module, compute_dtype: torch.dtype, device: torch.device) -> None:
@@ -237,4 +243,4 @@ def quantize_base(model: nn.Module, compute_dtype: torch.dtype, device: torch.de
         nf4.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type="nf4",
                                        compress_statistics=True)
         del module.weight
-        module.nf4 = nf4.to(device)  # bitsandbytes quantizes on the move to the GPU
+        module.nf4 = nf4.to(device)  # bitsandbytes quantizes on the move to the device

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # QLoRA of Llama 2 7B on Alpaca (LLaMA2-Accessory's hyper-parameters), MP 1: LoRA (rank 16), bias and
-# norm tuning on an NF4 base (CUDA and bitsandbytes); only the trainable parameters are saved.
+# norm tuning on an NF4 base (bitsandbytes; CUDA, or CPU with bitsandbytes >= 0.50); only the trainable parameters are saved.
 # bash exps/finetune/sg/alpaca_llamaPeft_normBiasLora_QF.sh <pretrained_path> <llama_config> <tokenizer_path> [extra main_finetune flags...]
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
