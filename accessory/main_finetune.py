@@ -25,7 +25,7 @@ from accessory.data import DataArgs, build_finetune_data
 from accessory.data.config import load_data_config
 from accessory.distributed import groups
 from accessory.distributed.errors import run_entrypoint
-from accessory.distributed.parallel import wrap_data_parallel
+from accessory.distributed.parallel import unwrap, wrap_data_parallel
 from accessory.errors import AccessoryError
 from accessory.model.peft import check_quant_support, quantize_base
 from accessory.tokenizer import Tokenizer
@@ -88,13 +88,14 @@ def build(args: argparse.Namespace):
     paths = (args.pretrained_path or []) + ([resume] if resume else [])
     if not paths:
         raise AccessoryError(f"--resume {args.resume}: no checkpoint in {args.output_dir} yet, and no --pretrained_path")
-    # Sharded data parallelism shards the weights before they are loaded (the model's memory is
-    # still untouched then), so that each rank reads only its own rows and never holds the whole
-    # model-parallel-local model. QLoRA quantizes loaded weights, so it loads first.
-    shard_first = args.data_parallel in ("sdp", "fsdp") and groups.dp_world() > 1 and not args.quant
+    # The weights are loaded last, into the parameters' final place: FSDP shards the still-unloaded
+    # model (its memory untouched, so nothing is materialized) and each rank then reads only its own
+    # rows; otherwise the model moves to the device first. No rank holds a host copy of more than it
+    # keeps. QLoRA quantizes loaded weights on their way to the device, so it loads first.
+    load_last = not args.quant
     load = functools.partial(load_pretrained, paths=paths, mp_rank=groups.mp_rank(), mp_size=groups.mp_world(),
                              pretrained_type=args.pretrained_type, may_be_fresh=model.is_added, log=log)
-    if not shard_first:
+    if not load_last:
         load(model)
     prepare_parameters(model, COMPUTE_DTYPES[args.precision])
     if args.quant:
@@ -103,10 +104,11 @@ def build(args: argparse.Namespace):
     if args.compile:  # per block, in place: state-dict keys and FSDP units stay as they are
         for block in model.llma.layers:
             block.compile()
+    sharded = args.data_parallel in ("sdp", "fsdp") and groups.dp_world() > 1
     # fully_shard moves each unit to the device itself, one at a time
-    model = wrap_data_parallel(model if shard_first else model.to(groups.device()), args.data_parallel)
-    if shard_first:
-        load(model)
+    model = wrap_data_parallel(model if sharded else model.to(groups.device()), args.data_parallel)
+    if load_last:
+        load(unwrap(model))
     scaler = make_grad_scaler(args.precision, args.data_parallel)
     # FSDP's sharded grad scaler keeps a 1-element scale that the fused AdamW kernel rejects
     optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=args.precision != "fp16")

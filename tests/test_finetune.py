@@ -61,13 +61,13 @@ def one_process_losses(tiny_dir, base, tiny_data, tmp_path_factory) -> list:
     return [m["loss"] for m in metrics(out)]
 
 
-@pytest.mark.parametrize("nproc,mp", [(2, 1), (2, 2), (4, 2)])
-def test_parallel_runs_match_one_process(tiny_dir, base, tiny_data, tmp_path, one_process_losses, nproc, mp):
-    """The same global batches through FSDP over nproc/mp ranks (each loading only its rows of the
-    checkpoint) and tensor parallelism over mp: the same losses, step by step."""
+@pytest.mark.parametrize("nproc,mp,mode", [(2, 1, "fsdp"), (2, 2, "fsdp"), (4, 2, "fsdp"), (2, 1, "ddp")])
+def test_parallel_runs_match_one_process(tiny_dir, base, tiny_data, tmp_path, one_process_losses, nproc, mp, mode):
+    """The same global batches through FSDP (each rank loading only its rows of the checkpoint) or
+    DDP over nproc/mp ranks and tensor parallelism over mp: the same losses, step by step."""
     dp = nproc // mp
     finetune(nproc, *finetune_args(tiny_dir, base, tiny_data, tmp_path / "out", "--max_steps", 4, "--batch_size", 2,
-                                   "--accum_iter", 2 // dp, "--model_parallel_size", mp, "--data_parallel", "fsdp"))
+                                   "--accum_iter", 2 // dp, "--model_parallel_size", mp, "--data_parallel", mode))
     losses = [m["loss"] for m in metrics(tmp_path / "out")]
     assert len(losses) == len(one_process_losses) == 4
     for a, b in zip(one_process_losses, losses):
