@@ -55,7 +55,7 @@ def check_args(args: argparse.Namespace) -> None:
         if not os.path.isdir(path):
             raise AccessoryError(f"--pretrained_path {path} does not exist")
     if args.quant:
-        check_quant_support()
+        check_quant_support(COMPUTE_DTYPES[args.precision])
         if not args.only_save_trainable:
             raise AccessoryError("--quant needs --only_save_trainable: the NF4 base is not saved, only what trains on it")
 
@@ -97,7 +97,7 @@ def build(args: argparse.Namespace):
                              pretrained_type=args.pretrained_type, may_be_fresh=model.is_added, log=log)
     if not load_last:
         load(model)
-    prepare_parameters(model, COMPUTE_DTYPES[args.precision])
+    prepare_parameters(model, COMPUTE_DTYPES[args.precision], loaded_later=load_last)
     if args.quant:
         quantize_base(model, COMPUTE_DTYPES[args.precision], groups.device())
     model.llma.gradient_checkpointing = args.checkpointing
@@ -133,11 +133,18 @@ def build(args: argparse.Namespace):
     return trainer
 
 
-def prepare_parameters(model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
-    """Trainable parameters in fp32 (the optimizer's master weights), frozen ones in the compute dtype."""
+def prepare_parameters(model: torch.nn.Module, compute_dtype: torch.dtype, loaded_later: bool = False) -> None:
+    """Trainable parameters in fp32 (the optimizer's master weights), frozen ones in the compute dtype.
+    With `loaded_later`, a frozen parameter the checkpoint will fill gets fresh, untouched memory in
+    the compute dtype rather than a converted copy of values that are about to be overwritten."""
     for name, param in model.named_parameters():
         param.requires_grad_(model.is_trainable(name))
-        param.data = param.data.float() if param.requires_grad else param.data.to(compute_dtype)
+        if param.requires_grad:
+            param.data = param.data.float()
+        elif loaded_later and not model.is_added(name):
+            param.data = torch.empty(param.shape, dtype=compute_dtype, device=param.device)
+        else:
+            param.data = param.data.to(compute_dtype)
 
 
 def make_grad_scaler(precision: str, data_parallel: str):

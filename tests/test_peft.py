@@ -213,3 +213,27 @@ def test_mp2_peft_checkpoint_loads_at_mp1(tiny_dir, base, tiny_data, tmp_path):
     for name, param in fresh.named_parameters():
         if "lora_a" in name:
             assert torch.equal(param, saved[name]), f"{name}: LoRA A's init depends on the model-parallel size"
+
+
+def test_delta_onto_a_frozen_bf16_base_is_summed_in_fp32(tiny_dir, base, tmp_path):
+    """The entrypoint's order: frozen weights get empty bf16 memory, then base and delta load into it;
+    the delta is added in fp32 and rounded once."""
+    from accessory.checkpoint.load import load_pretrained
+    from accessory.checkpoint.save import save_shard
+
+    tokenizer = Tokenizer(str(tiny_dir / "tokenizer.model"))
+    args = model_args("llama_peft", [tiny_dir / "params.json", NORM_BIAS_LORA], tokenizer, 1)
+    name = "llma.layers.0.attention.wq.weight"
+    model = build_model("llama_peft", args, tokenizer)
+    prepare_parameters(model, torch.bfloat16, loaded_later=True)
+    load_pretrained(model, [str(base)], 0, 1, may_be_fresh=model.is_added, log=lambda message: None)
+    base_value = dict(model.named_parameters())[name].detach().clone()
+    delta = torch.randn(base_value.shape, generator=torch.Generator().manual_seed(7)) * 1e-3
+    save_shard({name: delta}, str(tmp_path / "delta"), 0, 1, "diff")
+    model = build_model("llama_peft", args, tokenizer)
+    prepare_parameters(model, torch.bfloat16, loaded_later=True)
+    load_pretrained(model, [str(base), str(tmp_path / "delta")], 0, 1, may_be_fresh=model.is_added,
+                    log=lambda message: None)
+    loaded = dict(model.named_parameters())[name]
+    assert loaded.dtype == torch.bfloat16 and not loaded.requires_grad
+    assert torch.equal(loaded, (base_value.float() + delta).bfloat16())

@@ -155,8 +155,8 @@ def _copy_in_row_blocks(dst: torch.Tensor, src: torch.Tensor, add: bool) -> None
     rows_per_block = max(1, ROW_BLOCK_BYTES // max(1, src[0].numel() * src.element_size()))
     for start in range(0, src.shape[0], rows_per_block):
         block, target = src[start:start + rows_per_block], dst[start:start + rows_per_block]
-        if add:
-            target.add_(block.to(target.dtype))
+        if add:  # in fp32, rounded once to the parameter's dtype: a delta over a bf16 base stays exact
+            target.copy_(target.float() + block.float())
         else:
             target.copy_(block)
         release_pages(block)

@@ -86,10 +86,11 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float64)
     local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for _, p in params]
     dp_sharded = any(isinstance(p.grad, DTensor) for _, p in params)
-    norms = torch.stack(torch._foreach_norm(local)).double().pow(2)  # one fused pass, as torch's own clipping
-    tp_sharded = torch.tensor([dims[name] is not None for name, _ in params], device=norms.device)
-    # [tensor-parallel shards, replicated], by masks rather than indexing, which would wait on the device
-    sums = torch.stack([torch.where(tp_sharded, norms, 0).sum(), torch.where(tp_sharded, 0, norms).sum()])
+    tp_sharded = [g for g, (name, _) in zip(local, params) if dims[name] is not None]
+    replicated = [g for g, (name, _) in zip(local, params) if dims[name] is None]
+    # [sum of squares of tensor-parallel shards, of replicated tensors]: split on the host, so that
+    # nothing here waits on the device; one fused norm pass per list, as torch's own clipping
+    sums = torch.stack([_square_sum(tp_sharded, local[0]), _square_sum(replicated, local[0])])
     if dp_sharded:
         dist.all_reduce(sums, group=groups.dp_group())
     if groups.mp_world() > 1:
@@ -99,3 +100,9 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
         factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(local, torch.where(total.isfinite(), factor, 1.0).to(local[0].dtype))
     return total
+
+
+def _square_sum(tensors: list, like: torch.Tensor) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64, device=like.device)
+    return torch.stack(torch._foreach_norm(tensors)).double().pow(2).sum()

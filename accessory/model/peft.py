@@ -211,20 +211,22 @@ def merge_lora(model: "MetaModel") -> MergedCheckpoint:
     return MergedCheckpoint(llama_type, merged_args, state)
 
 
-def check_quant_support() -> None:
-    """--quant's requirements, checked before anything is built: bitsandbytes, and NF4 working on
-    this machine's device (CUDA, or CPU where bitsandbytes has CPU kernels: 0.50 does), tried on a tiny matrix."""
+def check_quant_support(compute_dtype: torch.dtype) -> None:
+    """--quant's requirements, checked before anything is built: bitsandbytes, and on a machine
+    without CUDA its CPU kernels (0.50 has them), tried on a tiny layer. On CUDA nothing is
+    allocated here: the ranks have not picked their GPUs yet."""
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise AccessoryError("--quant (QLoRA) needs bitsandbytes: pip install bitsandbytes") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return
     try:
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4").to(device)
-        layer(torch.zeros(1, 64, dtype=torch.bfloat16, device=device))
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=compute_dtype, quant_type="nf4").to("cpu")
+        layer(torch.zeros(2, 64, dtype=compute_dtype))
     except Exception as error:  # whatever bitsandbytes raises where its kernels are missing
-        raise AccessoryError(f"--quant (QLoRA): bitsandbytes {bnb.__version__} cannot run NF4 on {device.type} "
-                             f"({type(error).__name__}): use a CUDA GPU, or on CPU bitsandbytes 0.50 or newer") from None
+        raise AccessoryError(f"--quant (QLoRA): bitsandbytes {bnb.__version__} cannot run NF4 on this CPU "
+                             f"({type(error).__name__}): use a CUDA GPU, or bitsandbytes 0.50 or newer") from None
 
 
 def quantize_base(model: nn.Module, compute_dtype: torch.dtype, device: torch.device) -> None:
