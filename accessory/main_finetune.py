@@ -104,9 +104,7 @@ def build(args: argparse.Namespace):
     if args.compile:  # per block, in place: state-dict keys and FSDP units stay as they are
         for block in model.llma.layers:
             block.compile()
-    sharded = args.data_parallel in ("sdp", "fsdp") and groups.dp_world() > 1
-    # fully_shard moves each unit to the device itself, one at a time
-    model = wrap_data_parallel(model if sharded else model.to(groups.device()), args.data_parallel)
+    model = wrap_data_parallel(model, args.data_parallel)
     if load_last:
         load(unwrap(model))
     scaler = make_grad_scaler(args.precision, args.data_parallel)

@@ -22,14 +22,16 @@ from accessory.distributed import groups
 
 
 def wrap_data_parallel(model: nn.Module, mode: str) -> nn.Module:
-    """`model` (a MetaModel) sharded or replicated over the data-parallel group, in place for FSDP.
-    A data-parallel group of one has nothing to shard or average: the model is left as it is, which
-    spares FSDP's copies in and out of its flat buffers (the numbers are the same either way)."""
+    """`model` (a MetaModel) on this rank's device, sharded or replicated over the data-parallel
+    group (in place for FSDP, whose `fully_shard` moves each unit to the device itself, one at a
+    time). A data-parallel group of one has nothing to shard or average: the model is only moved,
+    which spares FSDP's copies in and out of its flat buffers (the numbers are the same either way)."""
     if groups.dp_world() == 1:
-        return model
+        return model.to(groups.device())
     if mode == "ddp":
         device_ids = [groups.device().index] if groups.device().type == "cuda" else None
-        return DistributedDataParallel(model, process_group=groups.dp_group(), device_ids=device_ids)
+        return DistributedDataParallel(model.to(groups.device()), process_group=groups.dp_group(),
+                                       device_ids=device_ids)
     mesh = DeviceMesh.from_group(groups.dp_group(), device_type=groups.device().type)
     reshard = mode == "fsdp"
     # Packed quantized weights (QLoRA's NF4) keep their quantization state outside the tensor, so

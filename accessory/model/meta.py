@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from fairscale.nn.model_parallel import initialize as fs_init
 from torch import nn
 
+from accessory.distributed import groups
 from accessory.model import get_llama_type
 from accessory.model.cross_entropy import IGNORE_INDEX, linear_cross_entropy_sum
 from accessory.model.llama import ModelArgs, skip_init
@@ -33,7 +32,8 @@ class MetaModel(nn.Module):
         # shift the (small) labels rather than slice the hidden states: the last position predicts nothing
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         # the output layer's matmul is fused with the loss, chunk by chunk: the logits are never whole
-        return linear_cross_entropy_sum(hidden, self.llma.output.weight, targets, model_parallel_group())
+        vocab_group = groups.mp_group() if groups.mp_world() > 1 else None  # the output layer's vocabulary split
+        return linear_cross_entropy_sum(hidden, self.llma.output.weight, targets, vocab_group)
 
     def is_trainable(self, name: str) -> bool:
         return self.spec.is_trainable(self.args, name.removeprefix("llma."))
@@ -42,7 +42,3 @@ class MetaModel(nn.Module):
         return self.spec.is_added(name.removeprefix("llma."))
 
 
-
-def model_parallel_group() -> Optional[dist.ProcessGroup]:
-    """The group the output layer's vocabulary is split over; None when it is whole."""
-    return fs_init.get_model_parallel_group() if fs_init.get_model_parallel_world_size() > 1 else None

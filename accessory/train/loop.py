@@ -65,7 +65,8 @@ class Trainer:
         counts = self._dp_sum(counts.to(self.device))
         # every token weighs 1/targets of the step; gradients are averaged over DP ranks, hence dp_world.
         # Kept on the device: the host waits on the device only once per step, for the logged record
-        loss_scale = (groups.dp_world() / counts[0].clamp(min=1)).float()
+        targets = counts[0].clamp(min=1)
+        loss_scale = (groups.dp_world() / targets).float()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro_batches):
             inputs = {k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
@@ -75,16 +76,17 @@ class Trainer:
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += micro_loss.detach()
         grad_norm = self._optimizer_step()
-        loss = (self._dp_sum(loss_sum) / counts[0].clamp(min=1)).item()
+        loss = (self._dp_sum(loss_sum) / targets).item()
         if not math.isfinite(loss):  # the run stops here: nothing after this step is saved
             raise AccessoryError(f"the loss is {loss} at step {self.global_step + 1} (epoch {self.epoch}): "
                                  f"lower --lr, check the data, or use --precision bf16/fp32 instead of fp16")
         self.global_step += 1
         self.micro_done += len(micro_batches)
+        tokens = counts[1].item()
         elapsed = time.perf_counter() - start
         record = {"step": self.global_step, "epoch": self.epoch + self.micro_done / len(self.loader), "loss": loss,
-                  "lr": lr, "grad_norm": grad_norm.item(), "tokens": int(counts[1].item()),
-                  "tokens_per_s": counts[1].item() / elapsed, "time": time.time()}
+                  "lr": lr, "grad_norm": grad_norm.item(), "tokens": int(tokens),
+                  "tokens_per_s": tokens / elapsed, "time": time.time()}
         self.metrics.step(record, show=self.global_step % self.args.log_interval == 0)
         return loss
 
